@@ -1,0 +1,477 @@
+"""Patient cases: contract JSON ↔ RDF, Turtle and JSON-LD input, and the observations.
+
+The mapping knows the contract's field names and the ontology's property IRIs; it knows
+nothing clinical. Observations (day offsets, relief percentages) are arithmetic on the
+asserted facts; what they mean is decided by the rules in the ontology.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import pyoxigraph as ox
+from rdflib import OWL, RDF, RDFS, XSD, Graph, Literal, URIRef
+from rdflib.term import Node
+
+from .errors import InvalidCase, MalformedInput, Violation
+from .ontology import CASE_BASE, ESI, local_name
+from .terms import from_ox
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_JSON_DEPTH = 16
+
+RDF_FORMATS = {
+    "text/turtle": ox.RdfFormat.TURTLE,
+    "application/ld+json": ox.RdfFormat.JSON_LD,
+    "application/n-triples": ox.RdfFormat.N_TRIPLES,
+}
+
+Triple = tuple[Node, Node, Node]
+
+
+# -- the contract's shape -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one JSON field maps to RDF.
+
+    kind: ``scalar`` (typed literal), ``date``, ``number``, ``code`` (a coded individual),
+    ``codes`` (a list of them), ``instances`` (a list of codes, each becoming the case's own
+    instance of the coded class), ``object`` / ``objects`` (nested nodes of ``node_type``).
+    """
+
+    prop: URIRef
+    kind: str
+    node_type: URIRef | None = None
+    fields: dict[str, Spec] = field(default_factory=dict)
+
+
+INJECTION_FIELDS = {
+    "date": Spec(ESI.performedOn, "date"),
+    "approach": Spec(ESI.hasApproach, "code"),
+    "spinal_region": Spec(ESI.atSpinalRegion, "code"),
+}
+SCORE_FIELDS = {
+    "date": Spec(ESI.observedOn, "date"),
+    "score": Spec(ESI.scoreValue, "scalar"),
+}
+BLOCK_FIELDS = {
+    "target": Spec(ESI.blockTarget, "code"),
+    "date": Spec(ESI.performedOn, "date"),
+    "relief_percent": Spec(ESI.reliefPercent, "number"),
+}
+CASE_FIELDS: dict[str, Spec] = {
+    "age": Spec(ESI.ageInYears, "scalar"),
+    "sex": Spec(ESI.hasSex, "code"),
+    "pain_regions": Spec(ESI.hasPainRegion, "codes"),
+    "diagnoses": Spec(ESI.hasDiagnosis, "instances"),
+    "findings": Spec(ESI.hasFinding, "instances"),
+    "prior_spinal_surgery": Spec(ESI.hadPriorSpinalSurgery, "scalar"),
+    "injection": Spec(ESI.hasInjection, "object", ESI.EpiduralSteroidInjection, INJECTION_FIELDS),
+    "pain_scores": Spec(ESI.hasPainScore, "objects", ESI.PainScoreObservation, SCORE_FIELDS),
+    "red_flags": Spec(ESI.hasRedFlag, "instances"),
+    "treatments_tried": Spec(ESI.hasTriedTreatment, "codes"),
+    "diagnostic_blocks": Spec(ESI.hasDiagnosticBlock, "objects", ESI.DiagnosticBlockResult, BLOCK_FIELDS),
+}
+#: Fields that are lists in the contract (always present in JSON read back).
+LIST_FIELDS = [name for name, spec in CASE_FIELDS.items() if spec.kind in ("codes", "instances", "objects")]
+
+
+@dataclass
+class CaseGraph:
+    """A case as asserted RDF, with the JSON path of every node it came from."""
+
+    iri: URIRef
+    id: str
+    graph: Graph
+    node_paths: dict[Node, str] = field(default_factory=dict)
+    value_paths: dict[Triple, str] = field(default_factory=dict)
+    json_values: dict[str, Any] = field(default_factory=dict)
+    problems: list[Violation] = field(default_factory=list)
+
+    def path_of(self, focus: Node, prop: Node | None, value: Node | None) -> str:
+        """The JSON path of a SHACL result (focus node, result path, value node)."""
+        base = self.node_paths.get(focus, f"<{focus}>")
+        if value is not None and (focus, prop, value) in self.value_paths:
+            return self.value_paths[(focus, prop, value)]  # type: ignore[index]
+        if value is not None and value in self.node_paths:
+            return self.node_paths[value]
+        name = field_name(prop) if prop is not None else None
+        if name is None:
+            return base or "$"
+        if value is not None and isinstance(value, URIRef):
+            index = _index_of(self.graph, focus, prop, value)  # type: ignore[arg-type]
+            if index is not None:
+                return f"{base}.{name}[{index}]".lstrip(".")
+        return f"{base}.{name}".lstrip(".")
+
+
+def case_iri(case_id: str) -> URIRef:
+    return URIRef(CASE_BASE + case_id)
+
+
+def new_case_id() -> str:
+    return "case-" + uuid.uuid4().hex[:12]
+
+
+def field_name(prop: Node) -> str | None:
+    for specs in (CASE_FIELDS, INJECTION_FIELDS, SCORE_FIELDS, BLOCK_FIELDS):
+        for name, spec in specs.items():
+            if spec.prop == prop:
+                return name
+    return None
+
+
+def _index_of(graph: Graph, focus: Node, prop: URIRef, value: URIRef) -> int | None:
+    values = sorted(str(v) for v in graph.objects(focus, prop))
+    return values.index(str(value)) if str(value) in values else None
+
+
+# -- JSON in --------------------------------------------------------------------------
+
+
+def load_json(body: bytes | str) -> Any:
+    """Parse a JSON body strictly: no NaN or Infinity, bounded nesting."""
+
+    def reject_constant(name: str) -> Any:
+        raise MalformedInput(f"{name} is not valid JSON")
+
+    try:
+        data = json.loads(body, parse_constant=reject_constant)
+    except MalformedInput:
+        raise
+    except RecursionError:
+        raise MalformedInput("JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"body is not valid JSON: {exc}") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise MalformedInput(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    stack = [(value, level)]
+    deepest = level
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def from_json(data: Any, case_id: str | None = None) -> CaseGraph:
+    """Map a contract case to RDF. Structural problems are collected, not raised."""
+    if not isinstance(data, dict):
+        raise MalformedInput("a case must be a JSON object")
+    problems: list[Violation] = []
+    given_id = data.get("id")
+    if case_id is None:
+        if given_id is None:
+            case_id = new_case_id()
+        elif isinstance(given_id, str) and ID_PATTERN.match(given_id):
+            case_id = given_id
+        else:
+            problems.append(Violation("id", "id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -", value=given_id))
+            case_id = new_case_id()
+    elif given_id is not None and given_id != case_id:
+        problems.append(Violation("id", f"id in the body ({given_id!r}) differs from the case addressed ({case_id!r})"))
+
+    iri = case_iri(case_id)
+    graph = Graph()
+    graph.add((iri, RDF.type, ESI.PatientCase))
+    cg = CaseGraph(iri=iri, id=case_id, graph=graph, node_paths={iri: ""}, problems=problems)
+    _map_object(cg, iri, data, CASE_FIELDS, path="", ignore={"id"})
+    return cg
+
+
+def _map_object(cg: CaseGraph, node: URIRef, data: dict[str, Any], specs: dict[str, Spec], path: str,
+                ignore: Iterable[str] = ()) -> None:
+    for key, value in data.items():
+        here = f"{path}.{key}" if path else key
+        if key in ignore:
+            continue
+        spec = specs.get(key)
+        if spec is None:
+            cg.problems.append(Violation(here, f"unknown field {key!r}; allowed: {', '.join(sorted(specs))}"))
+            continue
+        if value is None:
+            continue
+        if spec.kind in ("codes", "instances", "objects"):
+            if not isinstance(value, list):
+                cg.problems.append(Violation(here, f"{key} must be a JSON array"))
+                continue
+            for i, item in enumerate(value):
+                _map_value(cg, node, spec, item, f"{here}[{i}]", key, i)
+        else:
+            _map_value(cg, node, spec, value, here, key, None)
+
+
+def _map_value(cg: CaseGraph, node: URIRef, spec: Spec, value: Any, here: str, key: str, index: int | None) -> None:
+    g = cg.graph
+    kind = spec.kind
+    if kind in ("object", "objects"):
+        if not isinstance(value, dict):
+            cg.problems.append(Violation(here, f"{here} must be a JSON object"))
+            return
+        child = URIRef(f"{node}/{key.replace('_', '-')}" + (f"/{index}" if index is not None else ""))
+        g.add((node, spec.prop, child))
+        if spec.node_type is not None:
+            g.add((child, RDF.type, spec.node_type))
+        cg.node_paths[child] = here
+        _map_object(cg, child, value, spec.fields, here)
+        return
+    cg.json_values[here] = value
+    if isinstance(value, (dict, list)):
+        cg.problems.append(Violation(here, f"{here} must be a single value, not a JSON {type(value).__name__}"))
+        return
+    if kind in ("code", "codes"):
+        term = _code_term(value)
+        g.add((node, spec.prop, term))
+        cg.value_paths[(node, spec.prop, term)] = here
+        return
+    if kind == "instances":
+        child = URIRef(f"{node}/{key.replace('_', '-')}/{index}")
+        g.add((node, spec.prop, child))
+        if isinstance(value, str) and CODE_PATTERN.match(value):
+            g.add((child, RDF.type, ESI[value]))
+        cg.node_paths[child] = here
+        return
+    term = _literal(value, kind)
+    g.add((node, spec.prop, term))
+    cg.value_paths[(node, spec.prop, term)] = here
+
+
+def _code_term(value: Any) -> Node:
+    if isinstance(value, str) and CODE_PATTERN.match(value):
+        return ESI[value]
+    return _literal(value, "scalar")
+
+
+def _literal(value: Any, kind: str) -> Literal:
+    if isinstance(value, bool):
+        return Literal(value)
+    if kind == "date" and isinstance(value, str):
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            try:
+                return Literal(dt.date.fromisoformat(value).isoformat(), datatype=XSD.date)
+            except ValueError:
+                pass  # e.g. 2026-02-30: kept as a string, which the shapes reject as not a date
+        return Literal(value)
+    if isinstance(value, int):
+        return decimal_literal(Decimal(value)) if kind == "number" else Literal(value)
+    if isinstance(value, float):
+        return decimal_literal(Decimal(repr(value)))
+    return Literal(str(value))
+
+
+# -- RDF in ---------------------------------------------------------------------------
+
+_FORBIDDEN_NAMESPACES = (str(OWL), str(RDFS))
+
+
+def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_triples: int = 2_000) -> CaseGraph:
+    """Read a case written in Turtle, JSON-LD or N-Triples.
+
+    Parsed by Oxigraph, which never fetches a remote JSON-LD context. The case is the one
+    node typed ``esi:PatientCase``; every other node is renamed under the case's IRI so
+    that no two cases share a node.
+    """
+    fmt = RDF_FORMATS[media_type]
+    try:
+        quads = []
+        for quad in ox.parse(body, format=fmt, base_iri=CASE_BASE, without_named_graphs=True):
+            quads.append(quad)
+            if len(quads) > max_triples:
+                raise InvalidCase([Violation("$", f"a case may hold at most {max_triples} triples")])
+    except SyntaxError as exc:
+        raise MalformedInput(f"not valid {media_type}: {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"not valid {media_type}: {exc}") from None
+    triples = [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object)) for q in quads]
+
+    problems = [Violation("$", msg) for msg in _schema_problems(triples)]
+    cases = sorted({s for s, p, o in triples if p == RDF.type and o == ESI.PatientCase}, key=str)
+    if len(cases) != 1:
+        raise InvalidCase([*problems, Violation("$", f"the document must describe exactly one esi:PatientCase, "
+                                                     f"not {len(cases)}")])
+    original = cases[0]
+    if case_id is None:
+        text = str(original)
+        tail = text[len(CASE_BASE):] if text.startswith(CASE_BASE) else ""
+        case_id = tail if ID_PATTERN.match(tail) else new_case_id()
+    iri = case_iri(case_id)
+
+    rename: dict[Node, Node] = {original: iri}
+    reachable = _reachable(original, triples)
+    for n, node in enumerate(sorted((s for s in reachable if s != original), key=str)):
+        rename[node] = URIRef(f"{iri}/node/{n}")
+    graph = Graph()
+    for s, p, o in triples:
+        if s not in reachable:
+            problems.append(Violation("$", f"<{s}> is not part of the case: every statement must be about the "
+                                            "case or a node it links to"))
+            continue
+        graph.add((rename.get(s, s), p, rename.get(o, o)))
+    cg = CaseGraph(iri=iri, id=case_id, graph=graph, node_paths={iri: ""}, problems=problems)
+    _name_nodes(cg)
+    return cg
+
+
+def _schema_problems(triples: list[Triple]) -> Iterable[str]:
+    seen: set[str] = set()
+    for s, p, o in triples:
+        if str(p).startswith(_FORBIDDEN_NAMESPACES):
+            msg = f"case data may not use {local_name(p)} ({p}): cases never bring schema"
+        elif p == RDF.type and str(o).startswith(_FORBIDDEN_NAMESPACES):
+            msg = f"case data may not declare a {o}: cases never bring schema"
+        elif isinstance(s, URIRef) and str(s).startswith(str(ESI)):
+            msg = f"case data may not say anything about the ontology term {s}"
+        else:
+            continue
+        if msg not in seen:
+            seen.add(msg)
+            yield msg
+
+
+def _reachable(root: Node, triples: list[Triple]) -> set[Node]:
+    out: dict[Node, list[Node]] = {}
+    for s, _, o in triples:
+        out.setdefault(s, []).append(o)
+    seen = {root}
+    todo = [root]
+    while todo:
+        for o in out.get(todo.pop(), []):
+            if o not in seen and o in out:
+                seen.add(o)
+                todo.append(o)
+    return seen
+
+
+def _name_nodes(cg: CaseGraph) -> None:
+    """Give nodes of an RDF-born case JSON-like paths, for readable violations."""
+    todo: list[tuple[Node, str, dict[str, Spec]]] = [(cg.iri, "", CASE_FIELDS)]
+    while todo:
+        node, path, specs = todo.pop()
+        for name, spec in specs.items():
+            values = sorted(cg.graph.objects(node, spec.prop), key=str)
+            for i, value in enumerate(values):
+                here = f"{path}.{name}" if path else name
+                if spec.kind in ("codes", "instances", "objects"):
+                    here = f"{here}[{i}]"
+                if value not in cg.node_paths and not isinstance(value, Literal) and spec.kind != "code" \
+                        and spec.kind != "codes":
+                    cg.node_paths[value] = here
+                    if spec.fields:
+                        todo.append((value, here, spec.fields))
+
+
+# -- observations -----------------------------------------------------------------------
+
+RELIEF_QUANTUM = Decimal("0.01")
+
+
+def observations(graph: Graph, case: URIRef) -> list[Triple]:
+    """Day offsets and relief percentages: arithmetic only, no judgement.
+
+    The baseline is the last score on or before the injection date; relief is
+    ``(baseline − score) / baseline × 100``, rounded to 0.01.
+    """
+    injection = graph.value(case, ESI.hasInjection)
+    injected = _date(graph.value(injection, ESI.performedOn)) if injection is not None else None
+    if injected is None:
+        return []
+    scores = []
+    for node in graph.objects(case, ESI.hasPainScore):
+        when = _date(graph.value(node, ESI.observedOn))
+        value = graph.value(node, ESI.scoreValue)
+        if when is not None and value is not None:
+            scores.append(((when - injected).days, int(value), node))
+    out: list[Triple] = [(node, ESI.daysAfterInjection, Literal(days)) for days, _, node in scores]
+    before = [s for s in scores if s[0] <= 0]
+    if not before:
+        return out
+    baseline_days, baseline, baseline_node = max(before, key=lambda s: (s[0], s[1]))
+    out.append((case, ESI.hasBaselineScore, baseline_node))
+    best: Decimal | None = None
+    for days, value, node in scores:
+        if days <= 0 or baseline <= 0:
+            continue
+        relief = (Decimal(baseline - value) * 100 / Decimal(baseline)).quantize(RELIEF_QUANTUM, ROUND_HALF_EVEN)
+        out.append((node, ESI.reliefPercent, decimal_literal(relief)))
+        best = relief if best is None else max(best, relief)
+    if best is not None:
+        out.append((case, ESI.bestReliefPercent, decimal_literal(best)))
+    if scores:
+        out.append((case, ESI.daysSinceInjection, Literal(max(s[0] for s in scores))))
+    return out
+
+
+def decimal_literal(value: Decimal) -> Literal:
+    """An ``xsd:decimal`` in its shortest form: 62.5, not 62.50; 100, not 1E+2."""
+    text = format(value.normalize(), "f")
+    return Literal(text, datatype=XSD.decimal)
+
+
+def _date(node: Node | None) -> dt.date | None:
+    if isinstance(node, Literal) and node.datatype == XSD.date and isinstance(node.value, dt.date):
+        return node.value
+    return None
+
+
+# -- JSON out ---------------------------------------------------------------------------
+
+
+def to_json(graph: Graph, case: URIRef) -> dict[str, Any]:
+    """The contract JSON of an asserted case graph (the inverse of :func:`from_json`)."""
+    out: dict[str, Any] = {"id": str(case)[len(CASE_BASE):] if str(case).startswith(CASE_BASE) else str(case)}
+    out.update(_read_object(graph, case, CASE_FIELDS))
+    for name in LIST_FIELDS:
+        out.setdefault(name, [])
+    out.setdefault("prior_spinal_surgery", False)
+    return out
+
+
+def _read_object(graph: Graph, node: Node, specs: dict[str, Spec]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, spec in specs.items():
+        values = list(graph.objects(node, spec.prop))
+        if not values:
+            continue
+        if spec.kind in ("object", "objects"):
+            items = [_read_object(graph, v, spec.fields) for v in values]
+            items.sort(key=lambda d: (str(d.get("date", "")), json.dumps(d, sort_keys=True)))
+            out[name] = items if spec.kind == "objects" else items[0]
+        elif spec.kind == "instances":
+            out[name] = sorted(local_name(t) for v in values for t in graph.objects(v, RDF.type))
+        elif spec.kind == "codes":
+            out[name] = sorted(local_name(v) for v in values)
+        elif spec.kind == "code":
+            out[name] = local_name(values[0])
+        else:
+            out[name] = _py(values[0])
+    return out
+
+
+def _py(node: Node) -> Any:
+    if isinstance(node, Literal):
+        value = node.toPython()
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if isinstance(value, Decimal):
+            return int(value) if value == value.to_integral() else float(value)
+        return value
+    return str(node)

@@ -1,0 +1,86 @@
+"""Settings: one typed object, read from the environment (``ESI_*``) or given by the caller."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+ENGINES = ("reasonable", "owlrl")
+
+
+def _resource_dir(name: str) -> Path:
+    """Where the shipped ``ontology/``, ``shapes/`` or ``queries/`` folder is.
+
+    A wheel carries them inside the package (``kgservice/_data``); a source tree or an
+    editable install has them beside the package.
+    """
+    bundled = Path(str(resources.files("kgservice"))) / "_data" / name
+    if bundled.is_dir():
+        return bundled
+    return Path(__file__).resolve().parent.parent / name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told. ``Settings.from_env()`` reads ``ESI_<FIELD>``."""
+
+    ontology_path: Path = field(default_factory=lambda: _resource_dir("ontology") / "esi.ttl")
+    shapes_dir: Path = field(default_factory=lambda: _resource_dir("shapes"))
+    queries_dir: Path = field(default_factory=lambda: _resource_dir("queries"))
+    engine: str = "reasonable"
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    threads: int = 8
+    max_body_bytes: int = 1_000_000
+    max_case_triples: int = 2_000
+    max_batch: int = 1_000
+    page_size: int = 50
+    query_timeout_s: float = 10.0
+    query_max_rows: int = 10_000
+    reasoning_timeout_s: float = 10.0
+    auth_required: bool = True
+    audit_log: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"ESI_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _coerce(kind: Any, raw: str, name: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("Path"):
+            return Path(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ValueError(f"ESI_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

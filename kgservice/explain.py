@@ -1,0 +1,84 @@
+"""Why a case got each conclusion: the rule that produced it and the case facts it rests on.
+
+SPARQL rules state their own reasons (``?why esi:concludes X ; esi:because "…"``). For
+OWL rules the reasons are found here by walking the rule class's sufficient conditions
+(see the ontology header) against the case's facts; named classes with conditions of
+their own are opened in turn, so "non-responder" reads as the category behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rdflib import RDF, XSD, Graph, Literal, URIRef
+from rdflib.term import Node
+
+from .ontology import CONCLUSION_PROPERTIES, ESI, AllOf, AnyOf, Expr, HasValue, Named, Ontology, SomeValues, Triple
+
+
+def derivations(ontology: Ontology, case: URIRef, facts: Graph) -> Iterator[Triple]:
+    """Derivation triples for every OWL-derived conclusion of ``case``.
+
+    ``facts`` holds the case's asserted and inferred triples and the inferred types of
+    the ontology's individuals (so that ``someValuesFrom`` can be checked on them).
+    """
+    for prop in CONCLUSION_PROPERTIES:
+        for value in sorted(facts.objects(case, prop), key=str):
+            for rule in ontology.owl_rules.get((prop, value), ()):  # type: ignore[call-overload]
+                if (case, RDF.type, rule.term.iri) not in facts:
+                    continue
+                matched: list[Triple] = []
+                for condition in rule.conditions:
+                    matched.extend(_match(ontology, condition, case, facts, set()) or [])
+                why = URIRef(f"{case}#why-{ontology.term(value).code}")
+                yield case, ESI.hasDerivation, why
+                yield why, RDF.type, ESI.Derivation
+                yield why, ESI.concludes, value
+                yield why, ESI.byRule, rule.term.iri
+                for text in dict.fromkeys(render(ontology, t, facts) for t in matched):
+                    yield why, ESI.because, Literal(text)
+                break
+
+
+def _match(ontology: Ontology, expr: Expr, case: Node, facts: Graph, opened: set[URIRef]) -> list[Triple] | None:
+    """The facts that satisfy ``expr`` for ``case``, or None if it is not satisfied."""
+    if isinstance(expr, Named):
+        if (case, RDF.type, expr.iri) not in facts:
+            return None
+        if expr.iri not in opened:
+            for sub in ontology.conditions_of(expr.iri):
+                found = _match(ontology, sub, case, facts, opened | {expr.iri})
+                if found is not None:
+                    return found
+        return [(case, RDF.type, expr.iri)]
+    if isinstance(expr, HasValue):
+        t = (case, expr.prop, expr.value)
+        return [t] if t in facts else None
+    if isinstance(expr, SomeValues):
+        hits = [(case, expr.prop, o) for o in facts.objects(case, expr.prop) if (o, RDF.type, expr.cls) in facts]
+        return hits or None
+    if isinstance(expr, AllOf):
+        out: list[Triple] = []
+        for part in expr.parts:
+            found = _match(ontology, part, case, facts, opened)
+            if found is None:
+                return None
+            out.extend(found)
+        return out
+    if isinstance(expr, AnyOf):
+        hits = [f for part in expr.parts if (f := _match(ontology, part, case, facts, opened)) is not None]
+        return [t for f in hits for t in f] if hits else None
+    raise TypeError(f"unknown class expression {expr!r}")
+
+
+def render(ontology: Ontology, fact: Triple, facts: Graph) -> str:
+    """One case fact in words, e.g. ``diagnosis: facet joint arthritis``."""
+    _, prop, value = fact
+    if prop == RDF.type:
+        return f"is a {ontology.label(value)}"
+    if isinstance(value, Literal):
+        text = ("yes" if value.toPython() else "no") if value.datatype == XSD.boolean else str(value)
+        return f"{ontology.label(prop)}: {text}"
+    codes = [t for t in facts.objects(value, RDF.type) if ontology.is_code(t)]
+    shown = codes[0] if codes else value
+    return f"{ontology.label(prop)}: {ontology.label(shown)}"

@@ -1,0 +1,105 @@
+"""The knowledge base: one ontology version with its validator, reasoner and answer builder.
+
+This is the pipeline the command line and the API share:
+case (JSON or RDF) → :mod:`cases` → :mod:`validation` → :mod:`reasoning` → :mod:`pathways`.
+Built once per ontology version; every method is safe to call from many threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyoxigraph as ox
+from rdflib import Graph, URIRef
+
+from . import cases
+from .cases import CaseGraph
+from .config import Settings
+from .errors import InvalidCase, Violation
+from .ontology import Ontology
+from .pathways import AnswerBuilder
+from .reasoning import CaseInput, Reasoner
+from .terms import triples_to_ox
+from .validation import CASE_SHAPES, CaseValidator, load_shapes
+
+
+@dataclass
+class Reasoned:
+    """A valid case after reasoning: asserted graph, inferred graph, answer."""
+
+    case: CaseGraph
+    inferred: Graph
+    answer: dict[str, Any]
+
+
+class KnowledgeBase:
+    def __init__(self, ontology: Ontology, case_shapes: Graph, engine: str = "reasonable",
+                 max_case_triples: int = 2_000) -> None:
+        self.ontology = ontology
+        self.validator = CaseValidator(ontology, case_shapes)
+        self.reasoner = Reasoner(ontology, engine)
+        self.answers = AnswerBuilder(ontology)
+        self.max_case_triples = max_case_triples
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KnowledgeBase:
+        return cls(
+            Ontology.load(settings.ontology_path),
+            load_shapes(settings.shapes_dir / CASE_SHAPES),
+            engine=settings.engine,
+            max_case_triples=settings.max_case_triples,
+        )
+
+    @property
+    def version(self) -> str:
+        return self.ontology.version
+
+    # -- input ---------------------------------------------------------------------------
+
+    def read_json(self, data: Any, case_id: str | None = None) -> CaseGraph:
+        return cases.from_json(data, case_id=case_id)
+
+    def read_rdf(self, body: bytes, media_type: str, case_id: str | None = None) -> CaseGraph:
+        return cases.from_rdf(body, media_type, case_id=case_id, max_triples=self.max_case_triples)
+
+    def check(self, case: CaseGraph) -> list[Violation]:
+        """Every violation of the contract; empty when the case is valid."""
+        if len(case.graph) > self.max_case_triples:
+            return [Violation("$", f"a case may hold at most {self.max_case_triples} triples, "
+                                   f"this one has {len(case.graph)}")]
+        return self.validator.validate(case).violations
+
+    # -- reasoning -------------------------------------------------------------------------
+
+    def reason(self, batch: Sequence[CaseGraph]) -> list[Reasoned]:
+        """Reason over valid cases together and answer each. Raises on the first invalid case."""
+        for case in batch:
+            if problems := self.check(case):
+                raise InvalidCase(problems)
+        return self.reason_valid(batch)
+
+    def reason_valid(self, batch: Sequence[CaseGraph]) -> list[Reasoned]:
+        inputs = [
+            CaseInput(c.iri, tuple(c.graph), tuple(cases.observations(c.graph, c.iri))) for c in batch
+        ]
+        inferred = self.reasoner.infer(inputs)
+        out = []
+        for case in batch:
+            graph = inferred[case.iri]
+            out.append(Reasoned(case, graph, self.answer_from_graphs(case, graph)))
+        return out
+
+    def answer_from_graphs(self, case: CaseGraph, inferred: Graph) -> dict[str, Any]:
+        store = ox.Store()
+        store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
+        store.extend(triples_to_ox(inferred, ox.DefaultGraph()))  # type: ignore[arg-type]
+        return self.answers.answer(store, case.iri, case.id)
+
+    def answer_json(self, data: Any) -> dict[str, Any]:
+        """JSON case in, contract answer out (the ``POST /pathway`` path)."""
+        return self.reason([self.read_json(data)])[0].answer
+
+    def case_iri(self, case_id: str) -> URIRef:
+        return cases.case_iri(case_id)

@@ -1,0 +1,325 @@
+"""The ontology, loaded once per version, and everything the pipeline derives from it.
+
+Nothing here knows a clinical fact: it reads the Turtle and indexes what the rules,
+the answers and the vocabulary need, so that no request parses or walks the ontology.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Union
+
+from rdflib import OWL, RDF, RDFS, SKOS, BNode, Graph, Literal, Namespace, URIRef
+from rdflib.collection import Collection
+from rdflib.namespace import DCTERMS, SH
+from rdflib.term import Node
+
+from .errors import OntologyError
+
+ESI = Namespace("https://w3id.org/esi-kg/ontology#")
+CASE_BASE = "https://w3id.org/esi-kg/case/"
+
+Triple = tuple[Node, Node, Node]
+
+#: Properties whose values are the answer's conclusions (the contract's facets).
+CONCLUSION_PROPERTIES = (ESI.hasSuspectedPainSource, ESI.hasSuspectedFailureCause, ESI.hasApplicablePathway)
+
+#: Predicates an OWL 2 RL reasoner needs; labels, definitions and SHACL rules are left out.
+_LOGICAL = {RDF.type, RDFS.subClassOf, RDFS.subPropertyOf, RDFS.domain, RDFS.range, RDF.first, RDF.rest}
+_NOT_LOGICAL_OWL = {OWL.versionInfo, OWL.versionIRI, OWL.imports, OWL.priorVersion}
+
+
+# Class expressions, parsed once, as the explanation of a rule walks them per case.
+@dataclass(frozen=True)
+class Named:
+    iri: URIRef
+
+
+@dataclass(frozen=True)
+class HasValue:
+    prop: URIRef
+    value: Node
+
+
+@dataclass(frozen=True)
+class SomeValues:
+    prop: URIRef
+    cls: URIRef
+
+
+@dataclass(frozen=True)
+class AllOf:
+    parts: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    parts: tuple[Expr, ...]
+
+
+Expr = Union[Named, HasValue, SomeValues, AllOf, AnyOf]
+
+
+@dataclass(frozen=True)
+class Term:
+    """A term of the ontology as the answers and the vocabulary show it."""
+
+    iri: URIRef
+    code: str
+    label: str
+    definition: str
+    source: str
+
+    def ref(self) -> dict[str, str]:
+        return {"iri": str(self.iri), "label": self.label, "source": self.source}
+
+
+@dataclass(frozen=True)
+class OwlRule:
+    """A named class whose membership concludes ``prop value`` (see the ontology header)."""
+
+    term: Term
+    prop: URIRef
+    value: URIRef
+    conditions: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class SparqlRule:
+    """A SHACL-AF ``sh:SPARQLRule`` of the ontology, with its stratum and order."""
+
+    term: Term
+    stratum: int
+    order: float
+    query: str
+
+
+@dataclass(frozen=True)
+class PathwayInfo:
+    order: int
+    urgency: URIRef | None
+    urgency_follows: URIRef | None
+
+
+@dataclass
+class Ontology:
+    """A parsed ontology plus the indexes derived from it. Build with :meth:`load`."""
+
+    graph: Graph
+    path: Path | None = None
+    digest: str = ""
+    terms: dict[URIRef, Term] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | str) -> Ontology:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise OntologyError(f"cannot read ontology {path}: {exc.strerror}") from exc
+        return cls.from_turtle(data, path=path)
+
+    @classmethod
+    def from_turtle(cls, data: bytes, path: Path | None = None) -> Ontology:
+        graph = Graph()
+        try:
+            graph.parse(data=data, format="turtle")
+        except Exception as exc:  # rdflib raises many parser exception types
+            raise OntologyError(f"ontology {path or ''} is not valid Turtle: {exc}") from exc
+        onto = cls(graph=graph, path=path, digest=hashlib.sha256(data).hexdigest())
+        onto.terms = onto._index_terms()
+        return onto
+
+    # -- identity -----------------------------------------------------------------
+
+    @cached_property
+    def iri(self) -> URIRef:
+        for s in self.graph.subjects(RDF.type, OWL.Ontology):
+            if isinstance(s, URIRef):
+                return s
+        raise OntologyError("the ontology has no owl:Ontology header")
+
+    @cached_property
+    def version(self) -> str:
+        """``owl:versionInfo`` plus a digest of the file, so any edit changes it."""
+        info = self.graph.value(self.iri, OWL.versionInfo)
+        return f"{info or '0'}+{self.digest[:12]}"
+
+    # -- terms --------------------------------------------------------------------
+
+    def _index_terms(self) -> dict[URIRef, Term]:
+        terms: dict[URIRef, Term] = {}
+        for s in set(self.graph.subjects(RDFS.label, None)):
+            if not isinstance(s, URIRef):
+                continue
+            label = self.graph.value(s, RDFS.label)
+            notation = self.graph.value(s, SKOS.notation)
+            terms[s] = Term(
+                iri=s,
+                code=str(notation) if notation is not None else local_name(s),
+                label=str(label),
+                definition=str(self.graph.value(s, SKOS.definition) or ""),
+                source=str(self.graph.value(s, DCTERMS.source) or ""),
+            )
+        return terms
+
+    def term(self, iri: Node) -> Term:
+        found = self.terms.get(iri)  # type: ignore[call-overload]
+        if found is None:
+            name = local_name(iri)
+            return Term(iri=URIRef(str(iri)), code=name, label=name, definition="", source="")
+        return found
+
+    @cached_property
+    def codes(self) -> frozenset[URIRef]:
+        """Every term with a ``skos:notation``: the values a contract field can take."""
+        return frozenset(s for s in self.graph.subjects(SKOS.notation, None) if isinstance(s, URIRef))
+
+    def is_code(self, node: Node) -> bool:
+        return node in self.codes
+
+    def coded_term(self, code: str) -> URIRef:
+        """The IRI a contract code stands for (codes are local names in the ESI namespace)."""
+        return ESI[code]
+
+    def label(self, node: Node) -> str:
+        if isinstance(node, Literal):
+            return str(node)
+        return self.term(node).label
+
+    # -- reasoning inputs -----------------------------------------------------------
+
+    @cached_property
+    def tbox(self) -> tuple[Triple, ...]:
+        """The logical axioms only: what an OWL 2 RL reasoner needs, nothing it would copy."""
+        keep: list[Triple] = []
+        for s, p, o in self.graph:
+            if p == RDF.type and isinstance(o, URIRef) and o.startswith(str(SH)):
+                continue
+            if p in _LOGICAL or (p.startswith(str(OWL)) and p not in _NOT_LOGICAL_OWL):
+                keep.append((s, p, o))
+        return tuple(keep)
+
+    @cached_property
+    def sparql_rules(self) -> tuple[SparqlRule, ...]:
+        rules = []
+        for rule in self.graph.subjects(RDF.type, SH.SPARQLRule):
+            query = self.graph.value(rule, SH.construct)
+            if query is None:
+                raise OntologyError(f"SPARQL rule {rule} has no sh:construct")
+            stratum = self.graph.value(rule, ESI.stratum)
+            order = self.graph.value(rule, SH.order)
+            rules.append(
+                SparqlRule(
+                    term=self.term(rule),
+                    stratum=int(stratum) if stratum is not None else 1,
+                    order=float(order) if order is not None else 0.0,
+                    query=self._prefixes_for(rule) + str(query),
+                )
+            )
+        return tuple(sorted(rules, key=lambda r: (r.stratum, r.order, str(r.term.iri))))
+
+    def _prefixes_for(self, rule: Node) -> str:
+        lines = []
+        for decl_set in self.graph.objects(rule, SH.prefixes):
+            for decl in self.graph.objects(decl_set, SH.declare):
+                prefix = self.graph.value(decl, SH.prefix)
+                ns = self.graph.value(decl, SH.namespace)
+                lines.append(f"PREFIX {prefix}: <{ns}>")
+        return "\n".join(sorted(set(lines))) + "\n"
+
+    @cached_property
+    def strata(self) -> tuple[int, ...]:
+        return tuple(sorted({r.stratum for r in self.sparql_rules} | {1}))
+
+    # -- OWL rules, for explanations --------------------------------------------------
+
+    @cached_property
+    def owl_rules(self) -> dict[tuple[URIRef, URIRef], tuple[OwlRule, ...]]:
+        """Conclusion ``(property, value)`` → the named rule classes that conclude it."""
+        found: dict[tuple[URIRef, URIRef], list[OwlRule]] = {}
+        for rule_cls, restriction in self.graph.subject_objects(RDFS.subClassOf):
+            if not isinstance(rule_cls, URIRef) or not isinstance(restriction, BNode):
+                continue
+            prop = self.graph.value(restriction, OWL.onProperty)
+            value = self.graph.value(restriction, OWL.hasValue)
+            if prop not in CONCLUSION_PROPERTIES or not isinstance(value, URIRef):
+                continue
+            conditions = self.conditions_of(rule_cls)
+            found.setdefault((URIRef(prop), value), []).append(
+                OwlRule(term=self.term(rule_cls), prop=URIRef(prop), value=value, conditions=conditions)
+            )
+        return {k: tuple(v) for k, v in found.items()}
+
+    def conditions_of(self, cls: URIRef) -> tuple[Expr, ...]:
+        """The sufficient conditions of a class: every expression stated as its subclass."""
+        return self._conditions.get(cls, ())
+
+    @cached_property
+    def _conditions(self) -> dict[URIRef, tuple[Expr, ...]]:
+        found: dict[URIRef, list[Expr]] = {}
+        for sub, sup in self.graph.subject_objects(RDFS.subClassOf):
+            if isinstance(sup, URIRef) and sub != sup:
+                try:
+                    found.setdefault(sup, []).append(self._expr(sub))
+                except OntologyError:
+                    continue  # reported by `kgservice check`; never fatal for explanations
+        return {k: tuple(sorted(v, key=repr)) for k, v in found.items()}
+
+    def _expr(self, node: Node) -> Expr:
+        g = self.graph
+        if isinstance(node, URIRef):
+            return Named(node)
+        if (members := g.value(node, OWL.intersectionOf)) is not None:
+            return AllOf(tuple(self._expr(m) for m in Collection(g, members)))
+        if (members := g.value(node, OWL.unionOf)) is not None:
+            return AnyOf(tuple(self._expr(m) for m in Collection(g, members)))
+        prop = g.value(node, OWL.onProperty)
+        if prop is not None and (value := g.value(node, OWL.hasValue)) is not None:
+            return HasValue(URIRef(prop), value)
+        if prop is not None and isinstance(cls := g.value(node, OWL.someValuesFrom), URIRef):
+            return SomeValues(URIRef(prop), cls)
+        raise OntologyError(f"class expression {node} is outside what ESI-KG rules may use")
+
+    # -- answers ---------------------------------------------------------------------
+
+    @cached_property
+    def pathways(self) -> dict[URIRef, PathwayInfo]:
+        info = {}
+        for pw, order in self.graph.subject_objects(ESI.careOrder):
+            if isinstance(pw, URIRef):
+                urgency = self.graph.value(pw, ESI.hasUrgency)
+                follows = self.graph.value(pw, ESI.urgencyFollows)
+                info[pw] = PathwayInfo(
+                    order=int(order),
+                    urgency=URIRef(urgency) if urgency is not None else None,
+                    urgency_follows=URIRef(follows) if follows is not None else None,
+                )
+        return info
+
+    @cached_property
+    def urgency_rank(self) -> dict[URIRef, int]:
+        return {URIRef(u): int(r) for u, r in self.graph.subject_objects(ESI.urgencyRank)}
+
+    # -- value sets ------------------------------------------------------------------
+
+    def members(self, cls: URIRef) -> list[URIRef]:
+        """Coded terms allowed where the shapes say ``sh:class cls``: instances or subclasses."""
+        found: set[URIRef] = set()
+        for c in self.graph.transitive_subjects(RDFS.subClassOf, cls):
+            for candidate in (*self.graph.subjects(RDF.type, c), *self.graph.subjects(RDFS.subClassOf, c)):
+                if isinstance(candidate, URIRef) and candidate in self.codes:
+                    found.add(candidate)
+        return sorted(found, key=lambda t: self.term(t).code)
+
+
+def local_name(iri: Node) -> str:
+    text = str(iri)
+    for sep in ("#", "/"):
+        if sep in text:
+            text = text.rsplit(sep, 1)[1]
+            break
+    return text

@@ -1,0 +1,196 @@
+"""Reasoning over one case, or one batch of cases, at a time: SPARQL rules and OWL 2 RL.
+
+The pipeline is stratified, as the ontology's rules declare (``esi:stratum``):
+
+1. stratum-1 SPARQL rules run on the asserted case and its observations (numbers,
+   dates and closed-world absences, which OWL cannot express);
+2. an OWL 2 RL engine closes the ontology's axioms plus the case;
+3. stratum-2 SPARQL rules run on that closure (absences of inferred facts), and the
+   closure is brought up to date.
+
+Then every conclusion gets a derivation (see :mod:`kgservice.explain`). The result per
+case is its *inferred graph*: observations, conclusions, inferred types and derivations.
+
+Two OWL 2 RL engines sit behind one interface: ``reasonable`` (Rust, fast; incremental
+when stratum-2 rules add facts) and ``owlrl`` (the pure-Python reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import owlrl
+import pyoxigraph as ox
+from rdflib import OWL, RDF, BNode, Graph, URIRef
+from rdflib.term import Node
+
+from .explain import derivations
+from .ontology import CASE_BASE, ESI, Ontology, Triple
+from .terms import from_ox, to_ox, triples_to_ox
+
+_RULE_GRAPH = ox.DefaultGraph()
+_DROP_TYPES = {OWL.Thing, OWL.NamedIndividual}
+
+
+# -- OWL 2 RL engines ------------------------------------------------------------------------
+
+
+class Session(Protocol):
+    """One reasoning run: close once, then add facts and close again."""
+
+    def close(self) -> Iterable[Triple]: ...
+
+    def add(self, triples: Sequence[Triple]) -> Iterable[Triple]: ...
+
+
+class ReasonableSession:
+    def __init__(self, triples: Sequence[Triple]) -> None:
+        import reasonable
+
+        self._reasoner = reasonable.PyReasoner()
+        self._reasoner.from_graph(list(triples))
+
+    def close(self) -> Iterable[Triple]:
+        return self._reasoner.reason()  # type: ignore[no-any-return]
+
+    def add(self, triples: Sequence[Triple]) -> Iterable[Triple]:
+        self._reasoner.from_graph(list(triples))
+        return self._reasoner.reason()  # type: ignore[no-any-return]
+
+
+class OwlrlSession:
+    def __init__(self, triples: Sequence[Triple]) -> None:
+        self._graph = Graph()
+        for t in triples:
+            self._graph.add(t)
+
+    def close(self) -> Iterable[Triple]:
+        owlrl.DeductiveClosure(owlrl.OWLRL_Semantics, axiomatic_triples=False, datatype_axioms=False).expand(
+            self._graph
+        )
+        return self._graph  # type: ignore[return-value]
+
+    def add(self, triples: Sequence[Triple]) -> Iterable[Triple]:
+        for t in triples:
+            self._graph.add(t)
+        return self.close()
+
+
+ENGINES = {"reasonable": ReasonableSession, "owlrl": OwlrlSession}
+
+
+# -- the reasoner --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """A validated case: its IRI, its asserted triples and the observations computed on them."""
+
+    iri: URIRef
+    asserted: tuple[Triple, ...]
+    observations: tuple[Triple, ...] = ()
+
+
+class Reasoner:
+    """Infers conclusions for cases. Build once per ontology version; thread-safe."""
+
+    def __init__(self, ontology: Ontology, engine: str = "reasonable") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        self.ontology = ontology
+        self.engine = engine
+        self._session = ENGINES[engine]
+        tbox_closure = list(self._session(ontology.tbox).close())
+        # What SPARQL rules see besides the case: the ontology's individuals with their
+        # inferred types and their values (parameters, order of care, urgency).
+        support = {
+            (s, p, o) for s, p, o in tbox_closure
+            if isinstance(s, URIRef) and p == RDF.type and isinstance(o, URIRef) and o not in _DROP_TYPES
+        }
+        support.update(
+            t for t in ontology.graph
+            if isinstance(t[0], URIRef) and isinstance(t[1], URIRef) and t[1].startswith(str(ESI))
+        )
+        self._support = [ox.Quad(to_ox(s), to_ox(p), to_ox(o), _RULE_GRAPH) for s, p, o in support]  # type: ignore[arg-type]
+        self._individual_types = tuple(t for t in support if t[1] == RDF.type)
+        self._rules = {
+            stratum: [rule for rule in ontology.sparql_rules if rule.stratum == stratum] for stratum in ontology.strata
+        }
+
+    def infer(self, cases: Sequence[CaseInput]) -> dict[URIRef, Graph]:
+        """The inferred graph of each case. Cases are reasoned together, never with the store."""
+        if not cases:
+            return {}
+        strata = self.ontology.strata
+        iris = {c.iri for c in cases}
+        facts = [t for c in cases for t in (*c.asserted, *c.observations)]
+        found = self._run_rules(strata[0], cases, facts)
+        session = self._session([*self.ontology.tbox, *facts, *found])
+        closure = session.close()
+        for stratum in strata[1:]:
+            case_facts = [t for t in closure if _owner(t[0], iris) is not None]
+            more = self._run_rules(stratum, cases, case_facts)
+            if more:
+                closure = session.add(more)
+        by_case: dict[URIRef, Graph] = {c.iri: Graph() for c in cases}
+        asserted = {t for c in cases for t in c.asserted}
+        for t in closure:
+            owner = _owner(t[0], iris)
+            if owner is not None and t not in asserted and _keep(t):
+                by_case[owner].add(t)
+        for case in cases:
+            graph = by_case[case.iri]
+            facts = Graph()
+            for t in (*case.asserted, *graph, *self._individual_types):
+                facts.add(t)
+            for t in derivations(self.ontology, case.iri, facts):
+                graph.add(t)
+        return by_case
+
+    def _run_rules(self, stratum: int, cases: Sequence[CaseInput], facts: Iterable[Triple]) -> list[Triple]:
+        """Run one stratum's SPARQL rules, in order, on each case ($this pre-bound)."""
+        rules = self._rules.get(stratum, [])
+        if not rules:
+            return []
+        store = ox.Store()
+        store.extend(self._support)
+        store.extend(triples_to_ox(facts, _RULE_GRAPH))  # type: ignore[arg-type]
+        produced: list[Triple] = []
+        for rule in rules:
+            for case in cases:
+                this = ox.NamedNode(str(case.iri))
+                new = list(store.query(rule.query, substitutions={ox.Variable("this"): this}))
+                if not new:
+                    continue
+                store.extend(ox.Quad(t.subject, t.predicate, t.object, _RULE_GRAPH) for t in new)
+                triples = [(from_ox(t.subject), from_ox(t.predicate), from_ox(t.object)) for t in new]
+                produced.extend(triples)
+                produced.extend(_record_rule(rule.term.iri, case.iri, triples))
+        return produced
+
+
+def _record_rule(rule: URIRef, case: URIRef, triples: list[Triple]) -> list[Triple]:
+    """A SPARQL rule states what it concludes (``?why esi:concludes X``); record which rule it was."""
+    out: list[Triple] = []
+    for s, p, _ in triples:
+        if p == ESI.concludes:
+            out += [(case, ESI.hasDerivation, s), (s, RDF.type, ESI.Derivation), (s, ESI.byRule, rule)]
+    return out
+
+
+def _owner(node: Node, cases: set[URIRef]) -> URIRef | None:
+    """The case a node belongs to: the case itself, or a node named under its IRI."""
+    if not isinstance(node, URIRef) or not node.startswith(CASE_BASE):
+        return None
+    head = str(node)[len(CASE_BASE):].split("/", 1)[0].split("#", 1)[0]
+    iri = URIRef(CASE_BASE + head)
+    return iri if iri in cases else None
+
+
+def _keep(t: Triple) -> bool:
+    s, p, o = t
+    if p == OWL.sameAs:
+        return False
+    return not (p == RDF.type and (isinstance(o, BNode) or o in _DROP_TYPES))

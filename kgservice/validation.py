@@ -1,0 +1,207 @@
+"""SHACL validation of cases (and of the ontology): returns a value, never raises on bad data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyoxigraph as ox
+from pyshacl import validate as shacl_validate
+from rdflib import RDF, RDFS, SKOS, Graph, Literal, URIRef
+from rdflib.namespace import SH
+from rdflib.term import Node
+
+from .cases import CaseGraph
+from .errors import OntologyError, Violation
+from .ontology import Ontology
+from .terms import from_ox, to_ox, triples_to_ox
+
+CASE_SHAPES = "case.ttl"
+ONTOLOGY_SHAPES = "ontology-qc.ttl"
+
+
+@dataclass
+class Report:
+    """What validation found: ``conforms`` is true when ``violations`` is empty."""
+
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def conforms(self) -> bool:
+        return not self.violations
+
+
+def load_shapes(path: Path) -> Graph:
+    try:
+        return Graph().parse(path, format="turtle")
+    except Exception as exc:  # rdflib raises many parser exception types
+        raise OntologyError(f"shapes file {path} cannot be read: {exc}") from exc
+
+
+class CaseValidator:
+    """Validates case graphs against ``shapes/case.ttl``.
+
+    The data graph is the case plus the ontology's type, subclass and notation triples
+    (a few hundred), so that ``sh:class`` sees the hierarchy without copying the whole
+    ontology into every validation.
+
+    pyshacl checks SHACL Core. The shapes' SHACL-SPARQL constraints (``sh:sparql``) are
+    run here on Oxigraph, with the same semantics (``$this`` pre-bound to each focus node
+    of the shape's targets, one violation per solution), because pyshacl parses such a
+    query again for every focus node: 37 ms each, measured, against 0.1 ms.
+    """
+
+    def __init__(self, ontology: Ontology, shapes: Graph) -> None:
+        self.ontology = ontology
+        self.shapes = shapes
+        g = ontology.graph
+        self.support = tuple(
+            t for p in (RDF.type, RDFS.subClassOf, SKOS.notation) for t in g.triples((None, p, None))
+            if isinstance(t[0], URIRef)
+        )
+        self._core = Graph()
+        for t in shapes:
+            if t[1] != SH.sparql:
+                self._core.add(t)
+        self._sparql = SparqlConstraints(shapes)
+        self._support_quads = list(triples_to_ox(self.support, ox.DefaultGraph()))  # type: ignore[arg-type]
+
+    def validate(self, case: CaseGraph) -> Report:
+        data = Graph()
+        for t in self.support:
+            data.add(t)
+        data += case.graph
+        _conforms, results, _text = shacl_validate(
+            data, shacl_graph=self._core, inference="none", inplace=True, advanced=True, allow_warnings=True
+        )
+        found = list(case.problems)
+        found.extend(_violations(results, self.shapes, case))  # type: ignore[arg-type]
+        store = ox.Store()
+        store.extend(self._support_quads)
+        store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
+        found.extend(self._sparql.violations(store, case))
+        return Report(_unique(found))
+
+
+class SparqlConstraints:
+    """The ``sh:sparql`` constraints of a shapes graph, run with Oxigraph."""
+
+    def __init__(self, shapes: Graph) -> None:
+        self._checks: list[tuple[str, list[tuple[str, Node]], str, str, str | None]] = []
+        for shape, constraint in shapes.subject_objects(SH.sparql):
+            select = shapes.value(constraint, SH.select)
+            if select is None:
+                raise OntologyError(f"SPARQL constraint {constraint} has no sh:select")
+            prefixes = _prefix_block(shapes, constraint)
+            targets = [(kind, value) for kind in _TARGET_KINDS for value in shapes.objects(shape, kind)]
+            message = str(shapes.value(constraint, SH.message) or shapes.value(shape, SH.message) or
+                          "constraint not met")
+            self._checks.append((prefixes + str(select), targets, message, str(shape), _iri(constraint)))
+
+    def violations(self, store: ox.Store, case: CaseGraph) -> Iterable[Violation]:
+        this = ox.Variable("this")
+        for query, targets, message, shape, _constraint in self._checks:
+            for focus in _focus_nodes(store, targets):
+                for row in store.query(query, substitutions={this: focus}):  # type: ignore[union-attr]
+                    path, value = _get(row, "path"), _get(row, "value")
+                    rdf_value = from_ox(value) if value is not None else None
+                    where = case.path_of(from_ox(focus), from_ox(path) if path is not None else None, rdf_value)
+                    yield Violation(where, message, shape, _shown(case, where, rdf_value))
+
+
+_TARGET_KINDS = (SH.targetClass, SH.targetObjectsOf, SH.targetSubjectsOf, SH.targetNode)
+_TARGET_QUERIES = {
+    SH.targetClass: "SELECT DISTINCT ?f WHERE { ?f a/<http://www.w3.org/2000/01/rdf-schema#subClassOf>* $t }",
+    SH.targetObjectsOf: "SELECT DISTINCT ?f WHERE { ?s $t ?f }",
+    SH.targetSubjectsOf: "SELECT DISTINCT ?f WHERE { ?f $t ?o }",
+}
+
+
+def _focus_nodes(store: ox.Store, targets: list[tuple[str, Node]]) -> list[ox.NamedNode | ox.BlankNode]:
+    found: dict[str, ox.NamedNode | ox.BlankNode] = {}
+    for kind, value in targets:
+        if kind == SH.targetNode:
+            found[str(value)] = to_ox(value)  # type: ignore[assignment]
+            continue
+        query = _TARGET_QUERIES[kind].replace("$t", f"<{value}>")
+        for row in store.query(query):  # type: ignore[union-attr]
+            found[str(row["f"])] = row["f"]
+    return list(found.values())
+
+
+def _get(row: ox.QuerySolution, name: str) -> ox.NamedNode | ox.BlankNode | ox.Literal | None:
+    try:
+        return row[name]  # type: ignore[no-any-return]
+    except KeyError:  # the query does not project it
+        return None
+
+
+def _iri(node: Node) -> str | None:
+    return str(node) if isinstance(node, URIRef) else None
+
+
+def _prefix_block(shapes: Graph, constraint: Node) -> str:
+    lines = set()
+    for decl_set in shapes.objects(constraint, SH.prefixes):
+        for decl in shapes.objects(decl_set, SH.declare):
+            lines.add(f"PREFIX {shapes.value(decl, SH.prefix)}: <{shapes.value(decl, SH.namespace)}>")
+    return "\n".join(sorted(lines)) + "\n"
+
+
+def _violations(results: Graph, shapes: Graph, case: CaseGraph) -> Iterable[Violation]:
+    for result in results.subjects(RDF.type, SH.ValidationResult):
+        if results.value(result, SH.resultSeverity) != SH.Violation:
+            continue
+        focus = results.value(result, SH.focusNode)
+        path = results.value(result, SH.resultPath)
+        value = results.value(result, SH.value)
+        shape = results.value(result, SH.sourceShape)
+        message = results.value(result, SH.resultMessage) or "constraint not met"
+        where = case.path_of(focus, path, value) if focus is not None else "$"
+        yield Violation(where, str(message), _named_shape(shapes, shape), _shown(case, where, value))
+
+
+def _shown(case: CaseGraph, path: str, value: Node | None) -> Any:
+    """The offending value as the client wrote it (JSON), or the RDF literal's text."""
+    if path in case.json_values:
+        return case.json_values[path]
+    return str(value) if isinstance(value, Literal) else None
+
+
+def _named_shape(shapes: Graph, shape: Node | None) -> str | None:
+    """The IRI of a shape, or of the named node shape an anonymous property shape belongs to."""
+    if shape is None:
+        return None
+    if isinstance(shape, URIRef):
+        return str(shape)
+    parent = shapes.value(None, SH.property, shape)
+    return str(parent) if isinstance(parent, URIRef) else None
+
+
+def _unique(violations: list[Violation]) -> list[Violation]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for v in violations:
+        key = (v.path, v.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return sorted(out, key=lambda v: v.path)
+
+
+def validate_ontology(ontology: Ontology, shapes: Graph) -> Report:
+    """Check the ontology against its quality shapes (labels, definitions, sources, order of care)."""
+    _conforms, results, _text = shacl_validate(
+        ontology.graph, shacl_graph=shapes, inference="none", advanced=True, allow_warnings=True
+    )
+    out = []
+    for result in results.subjects(RDF.type, SH.ValidationResult):  # type: ignore[union-attr]
+        focus = results.value(result, SH.focusNode)  # type: ignore[union-attr]
+        message = results.value(result, SH.resultMessage)  # type: ignore[union-attr]
+        path = results.value(result, SH.resultPath)  # type: ignore[union-attr]
+        where = f"<{focus}>" + (f" {path}" if path is not None else "")
+        out.append(Violation(path=where, message=str(message), shape=_named_shape(shapes, results.value(
+            result, SH.sourceShape))))  # type: ignore[union-attr]
+    return Report(_unique(out))
