@@ -115,8 +115,17 @@ class CaseGraph:
         return f"{base}.{name}".lstrip(".")
 
 
-def case_iri(case_id: str) -> URIRef:
-    return URIRef(CASE_BASE + case_id)
+DEFAULT_SITE = "default"
+SITE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def case_iri(case_id: str, site: str = DEFAULT_SITE) -> URIRef:
+    """The stable IRI of a case: ``…/case/{site}/{id}``; ids are unique within a site."""
+    return URIRef(f"{CASE_BASE}{site}/{case_id}")
+
+
+def case_id_of(iri: Node) -> str:
+    return str(iri).rsplit("/", 1)[-1]
 
 
 def new_case_id() -> str:
@@ -173,7 +182,7 @@ def _depth(value: Any, level: int = 0) -> int:
     return deepest
 
 
-def from_json(data: Any, case_id: str | None = None) -> CaseGraph:
+def from_json(data: Any, case_id: str | None = None, site: str = DEFAULT_SITE) -> CaseGraph:
     """Map a contract case to RDF. Structural problems are collected, not raised."""
     if not isinstance(data, dict):
         raise MalformedInput("a case must be a JSON object")
@@ -190,7 +199,7 @@ def from_json(data: Any, case_id: str | None = None) -> CaseGraph:
     elif given_id is not None and given_id != case_id:
         problems.append(Violation("id", f"id in the body ({given_id!r}) differs from the case addressed ({case_id!r})"))
 
-    iri = case_iri(case_id)
+    iri = case_iri(case_id, site)
     graph = Graph()
     graph.add((iri, RDF.type, ESI.PatientCase))
     cg = CaseGraph(iri=iri, id=case_id, graph=graph, node_paths={iri: ""}, problems=problems)
@@ -283,7 +292,8 @@ def _literal(value: Any, kind: str) -> Literal:
 _FORBIDDEN_NAMESPACES = (str(OWL), str(RDFS))
 
 
-def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_triples: int = 2_000) -> CaseGraph:
+def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_triples: int = 2_000,
+             site: str = DEFAULT_SITE) -> CaseGraph:
     """Read a case written in Turtle, JSON-LD or N-Triples.
 
     Parsed by Oxigraph, which never fetches a remote JSON-LD context. The case is the one
@@ -310,10 +320,9 @@ def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_tripl
                                                      f"not {len(cases)}")])
     original = cases[0]
     if case_id is None:
-        text = str(original)
-        tail = text[len(CASE_BASE):] if text.startswith(CASE_BASE) else ""
+        tail = case_id_of(original) if isinstance(original, URIRef) else ""
         case_id = tail if ID_PATTERN.match(tail) else new_case_id()
-    iri = case_iri(case_id)
+    iri = case_iri(case_id, site)
 
     rename: dict[Node, Node] = {original: iri}
     reachable = _reachable(original, triples)
@@ -437,7 +446,7 @@ def _date(node: Node | None) -> dt.date | None:
 
 def to_json(graph: Graph, case: URIRef) -> dict[str, Any]:
     """The contract JSON of an asserted case graph (the inverse of :func:`from_json`)."""
-    out: dict[str, Any] = {"id": str(case)[len(CASE_BASE):] if str(case).startswith(CASE_BASE) else str(case)}
+    out: dict[str, Any] = {"id": case_id_of(case)}
     out.update(_read_object(graph, case, CASE_FIELDS))
     for name in LIST_FIELDS:
         out.setdefault(name, [])

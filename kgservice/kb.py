@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyoxigraph as ox
-from rdflib import Graph, URIRef
+from rdflib import Graph, Literal, URIRef
 
 from . import cases
 from .cases import CaseGraph
 from .config import Settings
 from .errors import InvalidCase, Violation
-from .ontology import Ontology
+from .ontology import ESI, Ontology
 from .pathways import AnswerBuilder
 from .reasoning import CaseInput, Reasoner
 from .terms import triples_to_ox
@@ -58,11 +58,12 @@ class KnowledgeBase:
 
     # -- input ---------------------------------------------------------------------------
 
-    def read_json(self, data: Any, case_id: str | None = None) -> CaseGraph:
-        return cases.from_json(data, case_id=case_id)
+    def read_json(self, data: Any, case_id: str | None = None, site: str = cases.DEFAULT_SITE) -> CaseGraph:
+        return cases.from_json(data, case_id=case_id, site=site)
 
-    def read_rdf(self, body: bytes, media_type: str, case_id: str | None = None) -> CaseGraph:
-        return cases.from_rdf(body, media_type, case_id=case_id, max_triples=self.max_case_triples)
+    def read_rdf(self, body: bytes, media_type: str, case_id: str | None = None,
+                 site: str = cases.DEFAULT_SITE) -> CaseGraph:
+        return cases.from_rdf(body, media_type, case_id=case_id, max_triples=self.max_case_triples, site=site)
 
     def check(self, case: CaseGraph) -> list[Violation]:
         """Every violation of the contract; empty when the case is valid."""
@@ -88,6 +89,7 @@ class KnowledgeBase:
         out = []
         for case in batch:
             graph = inferred[case.iri]
+            graph.add((case.iri, ESI.ontologyVersion, Literal(self.version)))
             out.append(Reasoned(case, graph, self.answer_from_graphs(case, graph)))
         return out
 
@@ -101,5 +103,5 @@ class KnowledgeBase:
         """JSON case in, contract answer out (the ``POST /pathway`` path)."""
         return self.reason([self.read_json(data)])[0].answer
 
-    def case_iri(self, case_id: str) -> URIRef:
-        return cases.case_iri(case_id)
+    def case_iri(self, case_id: str, site: str = cases.DEFAULT_SITE) -> URIRef:
+        return cases.case_iri(case_id, site)

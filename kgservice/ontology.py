@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Union
 
 from rdflib import OWL, RDF, RDFS, SKOS, BNode, Graph, Literal, Namespace, URIRef
 from rdflib.collection import Collection
@@ -60,7 +59,7 @@ class AnyOf:
     parts: tuple[Expr, ...]
 
 
-Expr = Union[Named, HasValue, SomeValues, AllOf, AnyOf]
+Expr = Named | HasValue | SomeValues | AllOf | AnyOf
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,8 @@ class AnswerBuilder:
 
         answer: dict[str, Any] = {
             "case": case_id,
-            "ontology_version": self.ontology.version,
+            "ontology_version": observed["version"].value if observed is not None and observed["version"] is not None
+            else self.ontology.version,
             "response": response,
         }
         applicable = {v for (p, v) in conclusions if p == ESI.hasApplicablePathway}

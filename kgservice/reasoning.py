@@ -103,6 +103,7 @@ class Reasoner:
         self.engine = engine
         self._session = ENGINES[engine]
         tbox_closure = list(self._session(ontology.tbox).close())
+        self.tbox_closure = tuple(t for t in tbox_closure if _keep(t))
         # What SPARQL rules see besides the case: the ontology's individuals with their
         # inferred types and their values (parameters, order of care, urgency).
         support = {
@@ -184,9 +185,12 @@ def _owner(node: Node, cases: set[URIRef]) -> URIRef | None:
     """The case a node belongs to: the case itself, or a node named under its IRI."""
     if not isinstance(node, URIRef) or not node.startswith(CASE_BASE):
         return None
-    head = str(node)[len(CASE_BASE):].split("/", 1)[0].split("#", 1)[0]
-    iri = URIRef(CASE_BASE + head)
-    return iri if iri in cases else None
+    text = str(node).split("#", 1)[0]
+    while len(text) > len(CASE_BASE):
+        if (iri := URIRef(text)) in cases:
+            return iri
+        text = text.rsplit("/", 1)[0]
+    return None
 
 
 def _keep(t: Triple) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,20 +96,30 @@ class SparqlConstraints:
             if select is None:
                 raise OntologyError(f"SPARQL constraint {constraint} has no sh:select")
             prefixes = _prefix_block(shapes, constraint)
-            targets = [(kind, value) for kind in _TARGET_KINDS for value in shapes.objects(shape, kind)]
+            targets: list[tuple[Node, Node]] = [
+                (kind, value) for kind in _TARGET_KINDS for value in shapes.objects(shape, kind)
+            ]
+            for target in shapes.objects(shape, SH.target):  # SHACL-AF SPARQL-based targets
+                if (target_select := shapes.value(target, SH.select)) is not None:
+                    targets.append((SH.target, Literal(_prefix_block(shapes, target) + str(target_select))))
             message = str(shapes.value(constraint, SH.message) or shapes.value(shape, SH.message) or
                           "constraint not met")
             self._checks.append((prefixes + str(select), targets, message, str(shape), _iri(constraint)))
 
-    def violations(self, store: ox.Store, case: CaseGraph) -> Iterable[Violation]:
+    def results(self, store: ox.Store) -> Iterator[tuple[ox.NamedNode | ox.BlankNode, ox.QuerySolution, str, str]]:
+        """Every solution of every constraint: ``(focus node, solution, message, shape IRI)``."""
         this = ox.Variable("this")
         for query, targets, message, shape, _constraint in self._checks:
             for focus in _focus_nodes(store, targets):
                 for row in store.query(query, substitutions={this: focus}):  # type: ignore[union-attr]
-                    path, value = _get(row, "path"), _get(row, "value")
-                    rdf_value = from_ox(value) if value is not None else None
-                    where = case.path_of(from_ox(focus), from_ox(path) if path is not None else None, rdf_value)
-                    yield Violation(where, message, shape, _shown(case, where, rdf_value))
+                    yield focus, row, message, shape
+
+    def violations(self, store: ox.Store, case: CaseGraph) -> Iterable[Violation]:
+        for focus, row, message, shape in self.results(store):
+            path, value = _get(row, "path"), _get(row, "value")
+            rdf_value = from_ox(value) if value is not None else None
+            where = case.path_of(from_ox(focus), from_ox(path) if path is not None else None, rdf_value)
+            yield Violation(where, message, shape, _shown(case, where, rdf_value))
 
 
 _TARGET_KINDS = (SH.targetClass, SH.targetObjectsOf, SH.targetSubjectsOf, SH.targetNode)
@@ -119,11 +130,15 @@ _TARGET_QUERIES = {
 }
 
 
-def _focus_nodes(store: ox.Store, targets: list[tuple[str, Node]]) -> list[ox.NamedNode | ox.BlankNode]:
+def _focus_nodes(store: ox.Store, targets: list[tuple[Node, Node]]) -> list[ox.NamedNode | ox.BlankNode]:
     found: dict[str, ox.NamedNode | ox.BlankNode] = {}
     for kind, value in targets:
         if kind == SH.targetNode:
             found[str(value)] = to_ox(value)  # type: ignore[assignment]
+            continue
+        if kind == SH.target:  # a SPARQL-based target: the query selects ?this
+            for row in store.query(str(value)):  # type: ignore[union-attr]
+                found[str(row["this"])] = row["this"]
             continue
         query = _TARGET_QUERIES[kind].replace("$t", f"<{value}>")
         for row in store.query(query):  # type: ignore[union-attr]
@@ -192,9 +207,17 @@ def _unique(violations: list[Violation]) -> list[Violation]:
 
 
 def validate_ontology(ontology: Ontology, shapes: Graph) -> Report:
-    """Check the ontology against its quality shapes (labels, definitions, sources, order of care)."""
+    """Check the ontology against its quality shapes (labels, definitions, sources, order of care).
+
+    As for cases, pyshacl checks SHACL Core and Oxigraph runs the ``sh:sparql`` constraints;
+    their messages may name any projected variable as ``{?name}`` (or ``{$this}``).
+    """
+    core = Graph()
+    for t in shapes:
+        if t[1] != SH.sparql:
+            core.add(t)
     _conforms, results, _text = shacl_validate(
-        ontology.graph, shacl_graph=shapes, inference="none", advanced=True, allow_warnings=True
+        ontology.graph, shacl_graph=core, inference="none", advanced=True, allow_warnings=True
     )
     out = []
     for result in results.subjects(RDF.type, SH.ValidationResult):  # type: ignore[union-attr]
@@ -204,4 +227,21 @@ def validate_ontology(ontology: Ontology, shapes: Graph) -> Report:
         where = f"<{focus}>" + (f" {path}" if path is not None else "")
         out.append(Violation(path=where, message=str(message), shape=_named_shape(shapes, results.value(
             result, SH.sourceShape))))  # type: ignore[union-attr]
+    store = ox.Store()
+    store.extend(triples_to_ox(ontology.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
+    for focus, row, message, shape in SparqlConstraints(shapes).results(store):
+        path = _get(row, "path")
+        where = f"<{from_ox(focus)}>" + (f" {from_ox(path)}" if path is not None else "")
+        out.append(Violation(path=where, message=_filled(message, focus, row), shape=shape))
     return Report(_unique(out))
+
+
+def _filled(message: str, focus: ox.NamedNode | ox.BlankNode, row: ox.QuerySolution) -> str:
+    """A SHACL-SPARQL message with ``{?var}`` / ``{$var}`` replaced by the solution's values."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        term = focus if name == "this" else _get(row, name)
+        return match.group(0) if term is None else str(from_ox(term))
+
+    return re.sub(r"\{[?$](\w+)\}", value, message)

@@ -1,0 +1,229 @@
+"""The HTTP API: an app factory, the case and pathway endpoints, and the problem+json errors.
+
+Nothing is built at import time: ``create_app(settings)`` loads the ontology, the shapes
+and the stores. Domain exceptions become RFC 9457 problems in one place (``_problem``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pyoxigraph as ox
+from flask import Blueprint, Flask, Response, request, url_for
+from rdflib import Graph
+from werkzeug.exceptions import HTTPException
+
+from .config import Settings
+from .errors import ESIError, InvalidCase, Violation
+from .service import Service
+from .terms import to_ox
+from .web import negotiate, service, site
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+TURTLE = "text/turtle"
+JSONLD = "application/ld+json"
+NTRIPLES = "application/n-triples"
+RDF_OUT = {TURTLE: ox.RdfFormat.TURTLE, JSONLD: ox.RdfFormat.JSON_LD, NTRIPLES: ox.RdfFormat.N_TRIPLES}
+PREFIXES = {
+    "esi": "https://w3id.org/esi-kg/ontology#",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
+    "owl": "http://www.w3.org/2002/07/owl#",
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+    "skos": "http://www.w3.org/2004/02/skos/core#",
+    "dcterms": "http://purl.org/dc/terms/",
+}
+
+bp = Blueprint("esi", __name__)
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
+    """Build the WSGI app. ``settings`` default to the environment (``ESI_*``)."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["esi"] = service or Service(settings)
+
+    from .queries import bp as queries_bp
+    from .sparql import bp as sparql_bp
+
+    app.register_blueprint(bp)
+    app.register_blueprint(sparql_bp)
+    app.register_blueprint(queries_bp)
+    app.register_error_handler(ESIError, _domain_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.after_request(_headers)
+    return app
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def problem(status: int, title: str, detail: str = "", slug: str | None = None, **extra: Any) -> Response:
+    body: dict[str, Any] = {
+        "type": f"https://w3id.org/esi-kg/problems/{slug or title.lower().replace(' ', '-')}",
+        "title": title,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM)
+
+
+def _domain_error(exc: ESIError) -> Response:
+    body = exc.problem()
+    return Response(json.dumps(body, ensure_ascii=False, default=str), status=exc.status, mimetype=PROBLEM)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    response = problem(exc.code or 500, exc.name, exc.description or "")
+    if exc.code == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    log.exception("unexpected error")
+    return problem(500, "Internal Server Error", "an unexpected error was logged; nothing was stored")
+
+
+def _headers(response: Response) -> Response:
+    if request.path.startswith(("/cases", "/pathway", "/sparql", "/queries")):
+        response.headers["Cache-Control"] = "no-store"
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+# -- negotiation ------------------------------------------------------------------------------
+
+
+def rdf_response(graph: Graph, media_type: str, status: int = 200) -> Response:
+    triples = [ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in graph]  # type: ignore[arg-type]
+    prefixes = PREFIXES if media_type == TURTLE else None
+    body = ox.serialize(triples, format=RDF_OUT[media_type], prefixes=prefixes)
+    return Response(body, status=status, mimetype=media_type)
+
+
+def _body() -> bytes:
+    return request.get_data(cache=False)
+
+
+# -- endpoints --------------------------------------------------------------------------------
+
+
+@bp.post("/pathway")
+def pathway() -> Response:
+    answer = service().pathway(_body(), request.content_type, site())
+    return Response(json.dumps(answer, ensure_ascii=False), mimetype=JSON)
+
+
+@bp.post("/cases")
+def create_case() -> Response:
+    stored = service().create(_body(), request.content_type, site())
+    response = Response(json.dumps(stored.answer, ensure_ascii=False), status=201, mimetype=JSON)
+    response.headers["Location"] = url_for("esi.get_case", case_id=stored.case_id)
+    return response
+
+
+@bp.put("/cases/<case_id>")
+def replace_case(case_id: str) -> Response:
+    stored = service().replace(case_id, _body(), request.content_type, site())
+    response = Response(json.dumps(stored.answer, ensure_ascii=False), status=201 if stored.created else 200,
+                        mimetype=JSON)
+    if stored.created:
+        response.headers["Location"] = url_for("esi.get_case", case_id=stored.case_id)
+    return response
+
+
+@bp.get("/cases/<case_id>")
+def get_case(case_id: str) -> Response:
+    media_type = negotiate([JSON, TURTLE, JSONLD, NTRIPLES])
+    if media_type == JSON:
+        return Response(json.dumps(service().case_json(case_id, site()), ensure_ascii=False), mimetype=JSON)
+    inferred = request.args.get("inferred", "false").lower() in ("1", "true", "yes")
+    return rdf_response(service().case_graph(case_id, site(), inferred=inferred), media_type)
+
+
+@bp.delete("/cases/<case_id>")
+def delete_case(case_id: str) -> Response:
+    service().delete(case_id, site())
+    return Response(status=204)
+
+
+@bp.get("/cases/<case_id>/pathway")
+def stored_pathway(case_id: str) -> Response:
+    answer = service().stored_answer(case_id, site())
+    return Response(json.dumps(answer, ensure_ascii=False), mimetype=JSON)
+
+
+@bp.get("/cases")
+def list_cases() -> Response:
+    settings = service().settings
+    page = _int_arg("page", 1, 1, 1_000_000)
+    per_page = _int_arg("per_page", settings.page_size, 1, 1_000)
+    category, pathway_code = request.args.get("category"), request.args.get("pathway")
+    ids, total = service().list_cases(site(), category, pathway_code, page, per_page)
+    body: dict[str, Any] = {
+        "items": [{"id": i, "href": url_for("esi.get_case", case_id=i)} for i in ids],
+        "page": page, "per_page": per_page, "total": total,
+    }
+    if page * per_page < total:
+        body["next"] = url_for("esi.list_cases", page=page + 1, per_page=per_page, category=category,
+                               pathway=pathway_code)
+    return Response(json.dumps(body), mimetype=JSON)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidCase([Violation(name, f"{name} must be an integer from {low} to {high}", value=raw)])
+    return value
+
+
+@bp.get("/vocabulary")
+def vocabulary() -> Response:
+    return Response(json.dumps(service().vocabulary, ensure_ascii=False), mimetype=JSON)
+
+
+@bp.get("/ontology")
+def ontology() -> Response:
+    kb = service().kb
+    etag = f'"{kb.version}"'
+    media_type = negotiate([TURTLE, JSONLD, NTRIPLES])
+    if etag in request.headers.get("If-None-Match", ""):
+        response = Response(status=304)
+    elif media_type == TURTLE and kb.ontology.path is not None:
+        response = Response(kb.ontology.path.read_bytes(), mimetype=TURTLE)
+    else:
+        response = rdf_response(kb.ontology.graph, media_type)
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Vary"] = "Accept"
+    return response
+
+
+@bp.get("/health")
+def health() -> Response:
+    return Response(json.dumps(service().health()), mimetype=JSON)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    from .openapi import document
+
+    return Response(json.dumps(document(service())), mimetype=JSON)
+

@@ -1,0 +1,208 @@
+"""Where cases live: one Oxigraph dataset per site, each case in two named graphs.
+
+A site's dataset holds
+
+- ``<…/graph/ontology>``: the ontology as written, and ``<…/graph/ontology-closure>``:
+  its OWL 2 RL closure, both replaced when the ontology version changes;
+- for each case, ``<case IRI>``: the facts as asserted, and ``<case IRI/inferred>``:
+  observations, conclusions, inferred types and derivations.
+
+Keeping each site in its own dataset makes tenancy a property of the data, not of query
+rewriting: a site's SPARQL query (``GRAPH ?g`` included) cannot see another site's cases.
+Every write is one Oxigraph transaction: a case is stored with its inferences, or not at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyoxigraph as ox
+
+from .cases import SITE_PATTERN, case_iri
+from .errors import Conflict, NotFound
+from .ontology import ESI, Triple
+from .terms import from_ox, triples_to_ox
+
+GRAPH_BASE = "https://w3id.org/esi-kg/graph/"
+ONTOLOGY_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology")
+CLOSURE_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology-closure")
+_VERSION = ox.NamedNode(str(ESI.ontologyVersion))
+
+_LIST = f"""PREFIX esi: <{ESI}>
+SELECT ?case WHERE {{
+  GRAPH ?g {{ ?case esi:hasResponseCategory ?category . OPTIONAL {{ ?case esi:hasApplicablePathway ?pathway }} }}
+}}"""
+
+
+@dataclass(frozen=True)
+class CaseGraphs:
+    """The names of a case's two graphs."""
+
+    asserted: ox.NamedNode
+    inferred: ox.NamedNode
+
+    @classmethod
+    def of(cls, site: str, case_id: str) -> CaseGraphs:
+        iri = str(case_iri(case_id, site))
+        return cls(ox.NamedNode(iri), ox.NamedNode(iri + "/inferred"))
+
+
+class SiteStore(Protocol):
+    """The operations the service needs of one site's dataset."""
+
+    def create(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> None: ...
+
+    def replace(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> bool: ...
+
+    def delete(self, case_id: str) -> None: ...
+
+    def exists(self, case_id: str) -> bool: ...
+
+    def case_ids(self, category: str | None, pathway: str | None, limit: int, offset: int) -> tuple[list[str], int]: ...
+
+    def query(self, sparql: str, **options: Any) -> Any: ...
+
+
+class OxigraphSite:
+    """One site's dataset in an Oxigraph store (on disk, or in memory when ``path`` is None)."""
+
+    def __init__(self, site: str, path: Path | None) -> None:
+        self.site = site
+        self.path = path
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        self.store = ox.Store(str(path)) if path is not None else ox.Store()
+        self._write = threading.Lock()
+
+    # -- ontology ----------------------------------------------------------------------
+
+    def ontology_version(self) -> str | None:
+        for quad in self.store.quads_for_pattern(ONTOLOGY_GRAPH, _VERSION, None, ONTOLOGY_GRAPH):
+            return str(quad.object.value)
+        return None
+
+    def set_ontology(self, version: str, ontology: Iterable[Triple], closure: Iterable[Triple]) -> None:
+        """Replace the ontology graphs when the version changed (one transaction)."""
+        if self.ontology_version() == version:
+            return
+        quads = [
+            *triples_to_ox(ontology, ONTOLOGY_GRAPH),
+            *triples_to_ox(closure, CLOSURE_GRAPH),
+            ox.Quad(ONTOLOGY_GRAPH, _VERSION, ox.Literal(version), ONTOLOGY_GRAPH),
+        ]
+        with self._write:
+            self.store.update(
+                f"DROP SILENT GRAPH {ONTOLOGY_GRAPH} ; DROP SILENT GRAPH {CLOSURE_GRAPH} ; "
+                + _insert_data(quads)
+            )
+
+    # -- cases ---------------------------------------------------------------------------
+
+    def exists(self, case_id: str) -> bool:
+        return self.store.contains_named_graph(CaseGraphs.of(self.site, case_id).asserted)
+
+    def create(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> None:
+        graphs = CaseGraphs.of(self.site, case_id)
+        quads = [*triples_to_ox(asserted, graphs.asserted), *triples_to_ox(inferred, graphs.inferred)]
+        with self._write:
+            if self.store.contains_named_graph(graphs.asserted):
+                raise Conflict(f"case {case_id!r} exists already; use PUT to replace it")
+            self.store.extend(quads)
+
+    def replace(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> bool:
+        """Store or replace a case; True when it did not exist before."""
+        graphs = CaseGraphs.of(self.site, case_id)
+        quads = [*triples_to_ox(asserted, graphs.asserted), *triples_to_ox(inferred, graphs.inferred)]
+        with self._write:
+            created = not self.store.contains_named_graph(graphs.asserted)
+            self.store.update(
+                f"DROP SILENT GRAPH {graphs.asserted} ; DROP SILENT GRAPH {graphs.inferred} ; " + _insert_data(quads)
+            )
+        return created
+
+    def delete(self, case_id: str) -> None:
+        graphs = CaseGraphs.of(self.site, case_id)
+        with self._write:
+            if not self.store.contains_named_graph(graphs.asserted):
+                raise NotFound(f"no case {case_id!r}")
+            self.store.update(f"DROP SILENT GRAPH {graphs.asserted} ; DROP SILENT GRAPH {graphs.inferred}")
+
+    def read(self, case_id: str) -> tuple[list[Triple], list[Triple]]:
+        graphs = CaseGraphs.of(self.site, case_id)
+        if not self.store.contains_named_graph(graphs.asserted):
+            raise NotFound(f"no case {case_id!r}")
+        return self._triples(graphs.asserted), self._triples(graphs.inferred)
+
+    def _triples(self, graph: ox.NamedNode) -> list[Triple]:
+        return [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object))
+                for q in self.store.quads_for_pattern(None, None, None, graph)]
+
+    def case_ids(self, category: str | None = None, pathway: str | None = None, limit: int = 50,
+                 offset: int = 0) -> tuple[list[str], int]:
+        """Ids of stored cases, optionally only those with a category and/or a pathway, by id."""
+        binds: dict[ox.Variable, ox.NamedNode] = {}
+        if category is not None:
+            binds[ox.Variable("category")] = ox.NamedNode(str(ESI[category]))
+        if pathway is not None:
+            binds[ox.Variable("pathway")] = ox.NamedNode(str(ESI[pathway]))
+        query = _LIST.replace("SELECT ?case", "SELECT DISTINCT ?case " + " ".join(f"?{v.value}" for v in binds), 1)
+        if pathway is not None:
+            query = query.replace("OPTIONAL { ?case esi:hasApplicablePathway ?pathway }",
+                                  "?case esi:hasApplicablePathway ?pathway")
+        ids = sorted({_tail(row["case"].value) for row in self.store.query(query, substitutions=binds)})  # type: ignore[union-attr]
+        return ids[offset:offset + limit], len(ids)
+
+    def query(self, sparql: str, **options: Any) -> Any:
+        return self.store.query(sparql, **options)
+
+    def flush(self) -> None:
+        if self.path is not None:
+            self.store.flush()
+
+
+def _tail(iri: str) -> str:
+    return iri.rsplit("/", 1)[-1]
+
+
+def _insert_data(quads: Sequence[ox.Quad]) -> str:
+    by_graph: dict[str, list[str]] = {}
+    for q in quads:
+        by_graph.setdefault(str(q.graph_name), []).append(f"{q.subject} {q.predicate} {q.object} .")
+    body = " ".join(f"GRAPH {g} {{ {' '.join(lines)} }}" for g, lines in by_graph.items())
+    return f"INSERT DATA {{ {body} }}"
+
+
+class Stores:
+    """The datasets of every site, opened on first use (``data_dir/sites/<site>``)."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._sites: dict[str, OxigraphSite] = {}
+        self._open = threading.Lock()
+
+    def site(self, site: str) -> OxigraphSite:
+        if not SITE_PATTERN.match(site):
+            raise NotFound(f"no site {site!r}")
+        with self._open:
+            found = self._sites.get(site)
+            if found is None:
+                path = self.data_dir / "sites" / site if self.data_dir is not None else None
+                found = self._sites[site] = OxigraphSite(site, path)
+            return found
+
+    def known_sites(self) -> Iterator[str]:
+        if self.data_dir is None:
+            yield from sorted(self._sites)
+            return
+        root = self.data_dir / "sites"
+        yield from sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else ()
+
+    def close(self) -> None:
+        with self._open:
+            for store in self._sites.values():
+                store.flush()
+            self._sites.clear()
