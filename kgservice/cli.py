@@ -24,7 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"kgservice: {exc}", file=sys.stderr)
         return 2
-    return int(args.run(args, settings))
+    try:
+        return int(args.run(args, settings))
+    except BrokenPipeError:  # e.g. `kgservice pathway case.json | head`
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a JSON file holding a case object or an array of cases")
     p.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or reasonable)")
     p.set_defaults(run=cmd_pathway)
+
+    s = sub.add_parser("serve", help="start the service (gunicorn) on the embedded store")
+    s.add_argument("--host", help="address to listen on (default: ESI_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default: ESI_PORT or 8000)")
+    s.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
+    s.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or reasonable)")
+    s.set_defaults(run=cmd_serve)
 
     c = sub.add_parser("check", help="check the ontology: quality shapes, OWL 2 RL profile, rules")
     c.add_argument("--ontology", type=Path, help="ontology file (default: the shipped one or ESI_ONTOLOGY_PATH)")
@@ -82,6 +92,15 @@ def cmd_pathway(args: argparse.Namespace, settings: Settings) -> int:
     json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
     return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import serve
+
+    settings = settings.with_(**{k: v for k, v in (("host", args.host), ("port", args.port),
+                                                   ("data_dir", args.data_dir)) if v is not None})
+    serve(settings)
+    return 0
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import pyoxigraph as ox
 from rdflib import Graph, Literal, URIRef
+from rdflib.namespace import SH
 
 from . import cases
-from .cases import CaseGraph
+from .cases import CASE_FIELDS, CaseGraph
 from .config import Settings
 from .errors import InvalidCase, Violation
 from .ontology import ESI, Ontology
@@ -102,6 +104,33 @@ class KnowledgeBase:
     def answer_json(self, data: Any) -> dict[str, Any]:
         """JSON case in, contract answer out (the ``POST /pathway`` path)."""
         return self.reason([self.read_json(data)])[0].answer
+
+    @cached_property
+    def vocabulary(self) -> dict[str, dict[str, list[dict[str, str]]]]:
+        """Every accepted code by contract field, then the codes answers use."""
+        onto = self.ontology
+        shapes = self.validator.shapes
+        parents = {spec.prop: name for name, spec in CASE_FIELDS.items() if spec.fields}
+        groups: dict[str, list[dict[str, str]]] = {}
+        for prop_shape, name in shapes.subject_objects(SH.name):
+            cls = shapes.value(prop_shape, SH["class"])
+            if cls is None or not onto.members(URIRef(cls)):
+                continue
+            owner = shapes.value(None, SH.property, prop_shape)
+            parent = parents.get(shapes.value(owner, SH.targetObjectsOf)) if owner is not None else None  # type: ignore[call-overload]
+            field = f"{parent}.{name}" if parent else str(name)
+            groups[field] = [self._entry(t) for t in onto.members(URIRef(cls))]
+        answers = {
+            "response.category": ESI.ResponseCategory, "pain_sources": ESI.AnatomicalPainSource,
+            "failure_causes": ESI.FailureCause, "pathways": ESI.CarePathway, "pathways.urgency": ESI.Urgency,
+        }
+        out = {"input": dict(sorted(groups.items())),
+               "answer": {k: [self._entry(t) for t in onto.members(c)] for k, c in answers.items()}}
+        return out
+
+    def _entry(self, iri: URIRef) -> dict[str, str]:
+        term = self.ontology.term(iri)
+        return {"code": term.code, "label": term.label, "iri": str(iri), "definition": term.definition}
 
     def case_iri(self, case_id: str, site: str = cases.DEFAULT_SITE) -> URIRef:
         return cases.case_iri(case_id, site)

@@ -7,14 +7,12 @@ and the command line call it; it calls down the pipeline and never back up.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
-from rdflib import Graph, URIRef
-from rdflib.namespace import SH
+from rdflib import Graph
 
 from . import cases
-from .cases import CASE_FIELDS, RDF_FORMATS, CaseGraph
+from .cases import RDF_FORMATS, CaseGraph
 from .config import Settings
 from .errors import InvalidCase, NotFound, UnsupportedMediaType, Violation
 from .kb import KnowledgeBase, Reasoned
@@ -105,32 +103,9 @@ class Service:
 
     # -- curators -------------------------------------------------------------------------------
 
-    @cached_property
-    def vocabulary(self) -> dict[str, list[dict[str, str]]]:
-        """Every accepted code by contract field, then the codes answers use."""
-        onto = self.kb.ontology
-        shapes = self.kb.validator.shapes
-        parents = {spec.prop: name for name, spec in CASE_FIELDS.items() if spec.fields}
-        groups: dict[str, list[dict[str, str]]] = {}
-        for prop_shape, name in shapes.subject_objects(SH.name):
-            cls = shapes.value(prop_shape, SH["class"])
-            if cls is None or not onto.members(URIRef(cls)):
-                continue
-            owner = shapes.value(None, SH.property, prop_shape)
-            parent = parents.get(shapes.value(owner, SH.targetObjectsOf)) if owner is not None else None  # type: ignore[call-overload]
-            field = f"{parent}.{name}" if parent else str(name)
-            groups[field] = [self._entry(t) for t in onto.members(URIRef(cls))]
-        answers = {
-            "response.category": ESI.ResponseCategory, "pain_sources": ESI.AnatomicalPainSource,
-            "failure_causes": ESI.FailureCause, "pathways": ESI.CarePathway, "pathways.urgency": ESI.Urgency,
-        }
-        out = {"input": dict(sorted(groups.items())),
-               "answer": {k: [self._entry(t) for t in onto.members(c)] for k, c in answers.items()}}
-        return out  # type: ignore[return-value]
-
-    def _entry(self, iri: URIRef) -> dict[str, str]:
-        term = self.kb.ontology.term(iri)
-        return {"code": term.code, "label": term.label, "iri": str(iri), "definition": term.definition}
+    @property
+    def vocabulary(self) -> dict[str, dict[str, list[dict[str, str]]]]:
+        return self.kb.vocabulary
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "ontology_version": self.kb.version, "engine": self.kb.reasoner.engine,

@@ -90,13 +90,13 @@ class SparqlConstraints:
     """The ``sh:sparql`` constraints of a shapes graph, run with Oxigraph."""
 
     def __init__(self, shapes: Graph) -> None:
-        self._checks: list[tuple[str, list[tuple[str, Node]], str, str, str | None]] = []
+        self._checks: list[tuple[str, list[tuple[URIRef, Node]], str, str, str | None]] = []
         for shape, constraint in shapes.subject_objects(SH.sparql):
             select = shapes.value(constraint, SH.select)
             if select is None:
                 raise OntologyError(f"SPARQL constraint {constraint} has no sh:select")
             prefixes = _prefix_block(shapes, constraint)
-            targets: list[tuple[Node, Node]] = [
+            targets: list[tuple[URIRef, Node]] = [
                 (kind, value) for kind in _TARGET_KINDS for value in shapes.objects(shape, kind)
             ]
             for target in shapes.objects(shape, SH.target):  # SHACL-AF SPARQL-based targets
@@ -130,7 +130,7 @@ _TARGET_QUERIES = {
 }
 
 
-def _focus_nodes(store: ox.Store, targets: list[tuple[Node, Node]]) -> list[ox.NamedNode | ox.BlankNode]:
+def _focus_nodes(store: ox.Store, targets: list[tuple[URIRef, Node]]) -> list[ox.NamedNode | ox.BlankNode]:
     found: dict[str, ox.NamedNode | ox.BlankNode] = {}
     for kind, value in targets:
         if kind == SH.targetNode:

@@ -1,0 +1,48 @@
+"""``kgservice serve``: the API under gunicorn, a production WSGI server.
+
+One worker process owns the Oxigraph stores (RocksDB allows a single writer process) and
+answers with several threads. Flask's development server and debugger are never used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+
+class ESIServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "timeout": max(30, int(s.query_timeout_s * 3)),
+            "graceful_timeout": 10,
+            "accesslog": "-",
+            "errorlog": "-",
+            "loglevel": "info",
+            "limit_request_line": 8190,
+            "limit_request_fields": 100,
+            "preload_app": False,
+            "control_socket_disable": True,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .api import create_app
+
+        return create_app(self.settings)
+
+
+def serve(settings: Settings) -> None:
+    ESIServer(settings).run()
