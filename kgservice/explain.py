@@ -8,15 +8,42 @@ their own are opened in turn, so "non-responder" reads as the category behind it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from rdflib import RDF, XSD, Graph, Literal, URIRef
+from rdflib import RDF, XSD, Literal, URIRef
 from rdflib.term import Node
 
 from .ontology import CONCLUSION_PROPERTIES, ESI, AllOf, AnyOf, Expr, HasValue, Named, Ontology, SomeValues, Triple
 
 
-def derivations(ontology: Ontology, case: URIRef, facts: Graph) -> Iterator[Triple]:
+class Facts:
+    """A small read-only triple index: membership and ``objects(s, p)``, nothing else.
+
+    Explanations ask a few hundred such questions per case; an rdflib Graph would cost
+    more to build than the questions cost to answer.
+    """
+
+    def __init__(self, *sources: Iterable[Triple], base: Facts | None = None) -> None:
+        self._objects: dict[tuple[Node, Node], set[Node]] = {}
+        self._base = base
+        for source in sources:
+            for s, p, o in source:
+                self._objects.setdefault((s, p), set()).add(o)
+
+    def __contains__(self, triple: Triple) -> bool:
+        s, p, o = triple
+        if o in self._objects.get((s, p), ()):
+            return True
+        return self._base is not None and triple in self._base
+
+    def objects(self, subject: Node, predicate: Node) -> list[Node]:
+        found = list(self._objects.get((subject, predicate), ()))
+        if self._base is not None:
+            found += self._base.objects(subject, predicate)
+        return found
+
+
+def derivations(ontology: Ontology, case: URIRef, facts: Facts) -> Iterator[Triple]:
     """Derivation triples for every OWL-derived conclusion of ``case``.
 
     ``facts`` holds the case's asserted and inferred triples and the inferred types of
@@ -40,7 +67,7 @@ def derivations(ontology: Ontology, case: URIRef, facts: Graph) -> Iterator[Trip
                 break
 
 
-def _match(ontology: Ontology, expr: Expr, case: Node, facts: Graph, opened: set[URIRef]) -> list[Triple] | None:
+def _match(ontology: Ontology, expr: Expr, case: Node, facts: Facts, opened: set[URIRef]) -> list[Triple] | None:
     """The facts that satisfy ``expr`` for ``case``, or None if it is not satisfied."""
     if isinstance(expr, Named):
         if (case, RDF.type, expr.iri) not in facts:
@@ -71,7 +98,7 @@ def _match(ontology: Ontology, expr: Expr, case: Node, facts: Graph, opened: set
     raise TypeError(f"unknown class expression {expr!r}")
 
 
-def render(ontology: Ontology, fact: Triple, facts: Graph) -> str:
+def render(ontology: Ontology, fact: Triple, facts: Facts) -> str:
     """One case fact in words, e.g. ``diagnosis: facet joint arthritis``."""
     _, prop, value = fact
     if prop == RDF.type:

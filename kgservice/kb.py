@@ -20,7 +20,7 @@ from . import cases
 from .cases import CASE_FIELDS, CaseGraph
 from .config import Settings
 from .errors import InvalidCase, Violation
-from .ontology import ESI, Ontology
+from .ontology import ESI, Ontology, Triple
 from .pathways import AnswerBuilder
 from .reasoning import CaseInput, Reasoner
 from .terms import triples_to_ox
@@ -32,7 +32,7 @@ class Reasoned:
     """A valid case after reasoning: asserted graph, inferred graph, answer."""
 
     case: CaseGraph
-    inferred: Graph
+    inferred: set[Triple]
     answer: dict[str, Any]
 
 
@@ -95,7 +95,7 @@ class KnowledgeBase:
             out.append(Reasoned(case, graph, self.answer_from_graphs(case, graph)))
         return out
 
-    def answer_from_graphs(self, case: CaseGraph, inferred: Graph) -> dict[str, Any]:
+    def answer_from_graphs(self, case: CaseGraph, inferred: set[Triple]) -> dict[str, Any]:
         store = ox.Store()
         store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
         store.extend(triples_to_ox(inferred, ox.DefaultGraph()))  # type: ignore[arg-type]

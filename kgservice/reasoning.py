@@ -17,8 +17,13 @@ when stratum-2 rules add facts) and ``owlrl`` (the pure-Python reference).
 
 from __future__ import annotations
 
+import atexit
+import os
+import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import owlrl
@@ -26,7 +31,7 @@ import pyoxigraph as ox
 from rdflib import OWL, RDF, BNode, Graph, URIRef
 from rdflib.term import Node
 
-from .explain import derivations
+from .explain import Facts, derivations
 from .ontology import CASE_BASE, ESI, Ontology, Triple
 from .terms import from_ox, to_ox, triples_to_ox
 
@@ -46,10 +51,14 @@ class Session(Protocol):
 
 
 class ReasonableSession:
-    def __init__(self, triples: Sequence[Triple]) -> None:
+    """reasonable reads the TBox from a Turtle file in Rust: twice as fast as handing it
+    over triple by triple from Python (1.0 ms against 2.2 ms, measured)."""
+
+    def __init__(self, tbox: TBoxFile, triples: Sequence[Triple]) -> None:
         import reasonable
 
         self._reasoner = reasonable.PyReasoner()
+        self._reasoner.load_file(str(tbox.path()))
         self._reasoner.from_graph(list(triples))
 
     def close(self) -> Iterable[Triple]:
@@ -61,9 +70,9 @@ class ReasonableSession:
 
 
 class OwlrlSession:
-    def __init__(self, triples: Sequence[Triple]) -> None:
+    def __init__(self, tbox: TBoxFile, triples: Sequence[Triple]) -> None:
         self._graph = Graph()
-        for t in triples:
+        for t in (*tbox.triples, *triples):
             self._graph.add(t)
 
     def close(self) -> Iterable[Triple]:
@@ -79,6 +88,28 @@ class OwlrlSession:
 
 
 ENGINES = {"reasonable": ReasonableSession, "owlrl": OwlrlSession}
+
+
+class TBoxFile:
+    """The ontology's logical axioms, kept as a Turtle file for engines that read files."""
+
+    def __init__(self, triples: Sequence[Triple], digest: str) -> None:
+        self.triples = tuple(triples)
+        self._path = Path(tempfile.gettempdir()) / f"esi-kg-tbox-{digest[:16]}-{os.getpid()}.ttl"
+        self._lock = threading.Lock()
+
+    def path(self) -> Path:
+        if not self._path.exists():  # written once; again only if a temp cleaner removed it
+            with self._lock:
+                if not self._path.exists():
+                    graph = Graph()
+                    for t in self.triples:
+                        graph.add(t)
+                    partial = self._path.with_suffix(f".{threading.get_ident()}.part")
+                    graph.serialize(partial, format="turtle", encoding="utf-8")
+                    os.replace(partial, self._path)
+                    atexit.register(self._path.unlink, missing_ok=True)
+        return self._path
 
 
 # -- the reasoner --------------------------------------------------------------------------
@@ -101,8 +132,9 @@ class Reasoner:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.ontology = ontology
         self.engine = engine
+        self._tbox = TBoxFile(ontology.tbox, ontology.digest)
         self._session = ENGINES[engine]
-        tbox_closure = list(self._session(ontology.tbox).close())
+        tbox_closure = list(self._session(self._tbox, ()).close())
         self.tbox_closure = tuple(t for t in tbox_closure if _keep(t))
         # What SPARQL rules see besides the case: the ontology's individuals with their
         # inferred types and their values (parameters, order of care, urgency).
@@ -115,40 +147,33 @@ class Reasoner:
             if isinstance(t[0], URIRef) and isinstance(t[1], URIRef) and t[1].startswith(str(ESI))
         )
         self._support = [ox.Quad(to_ox(s), to_ox(p), to_ox(o), _RULE_GRAPH) for s, p, o in support]  # type: ignore[arg-type]
-        self._individual_types = tuple(t for t in support if t[1] == RDF.type)
+        self._individual_types = Facts(t for t in support if t[1] == RDF.type)
         self._rules = {
             stratum: [rule for rule in ontology.sparql_rules if rule.stratum == stratum] for stratum in ontology.strata
         }
 
-    def infer(self, cases: Sequence[CaseInput]) -> dict[URIRef, Graph]:
-        """The inferred graph of each case. Cases are reasoned together, never with the store."""
+    def infer(self, cases: Sequence[CaseInput]) -> dict[URIRef, set[Triple]]:
+        """The inferred triples of each case. Cases are reasoned together, never with the store."""
         if not cases:
             return {}
         strata = self.ontology.strata
         iris = {c.iri for c in cases}
         facts = [t for c in cases for t in (*c.asserted, *c.observations)]
         found = self._run_rules(strata[0], cases, facts)
-        session = self._session([*self.ontology.tbox, *facts, *found])
-        closure = session.close()
+        session = self._session(self._tbox, [*facts, *found])
+        owned = _by_owner(session.close(), iris)
         for stratum in strata[1:]:
-            case_facts = [t for t in closure if _owner(t[0], iris) is not None]
-            more = self._run_rules(stratum, cases, case_facts)
+            more = self._run_rules(stratum, cases, [t for ts in owned.values() for t in ts])
             if more:
-                closure = session.add(more)
-        by_case: dict[URIRef, Graph] = {c.iri: Graph() for c in cases}
-        asserted = {t for c in cases for t in c.asserted}
-        for t in closure:
-            owner = _owner(t[0], iris)
-            if owner is not None and t not in asserted and _keep(t):
-                by_case[owner].add(t)
+                owned = _by_owner(session.add(more), iris)
+        out: dict[URIRef, set[Triple]] = {}
         for case in cases:
-            graph = by_case[case.iri]
-            facts = Graph()
-            for t in (*case.asserted, *graph, *self._individual_types):
-                facts.add(t)
-            for t in derivations(self.ontology, case.iri, facts):
-                graph.add(t)
-        return by_case
+            asserted = set(case.asserted)
+            inferred = {t for t in owned.get(case.iri, ()) if t not in asserted and _keep(t)}
+            known = Facts(asserted, inferred, base=self._individual_types)
+            inferred.update(derivations(self.ontology, case.iri, known))
+            out[case.iri] = inferred
+        return out
 
     def _run_rules(self, stratum: int, cases: Sequence[CaseInput], facts: Iterable[Triple]) -> list[Triple]:
         """Run one stratum's SPARQL rules, in order, on each case ($this pre-bound)."""
@@ -179,6 +204,17 @@ def _record_rule(rule: URIRef, case: URIRef, triples: list[Triple]) -> list[Trip
         if p == ESI.concludes:
             out += [(case, ESI.hasDerivation, s), (s, RDF.type, ESI.Derivation), (s, ESI.byRule, rule)]
     return out
+
+
+def _by_owner(closure: Iterable[Triple], cases: set[URIRef]) -> dict[URIRef, list[Triple]]:
+    """The closure's triples about each case's nodes (the TBox closure is left out)."""
+    owned: dict[URIRef, list[Triple]] = {}
+    prefix = CASE_BASE
+    for t in closure:
+        s = t[0]
+        if isinstance(s, URIRef) and s.startswith(prefix) and (owner := _owner(s, cases)) is not None:
+            owned.setdefault(owner, []).append(t)
+    return owned
 
 
 def _owner(node: Node, cases: set[URIRef]) -> URIRef | None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import pyoxigraph as ox
 from pyshacl import validate as shacl_validate
-from rdflib import RDF, RDFS, SKOS, Graph, Literal, URIRef
+from rdflib import OWL, RDF, RDFS, SKOS, Graph, Literal, URIRef
 from rdflib.namespace import SH
 from rdflib.term import Node
 
 from .cases import CaseGraph
 from .errors import OntologyError, Violation
-from .ontology import Ontology
+from .ontology import Ontology, Triple
 from .terms import from_ox, to_ox, triples_to_ox
 
 CASE_SHAPES = "case.ttl"
@@ -57,21 +57,25 @@ class CaseValidator:
     def __init__(self, ontology: Ontology, shapes: Graph) -> None:
         self.ontology = ontology
         self.shapes = shapes
-        g = ontology.graph
-        self.support = tuple(
-            t for p in (RDF.type, RDFS.subClassOf, SKOS.notation) for t in g.triples((None, p, None))
-            if isinstance(t[0], URIRef)
-        )
         self._core = Graph()
         for t in shapes:
             if t[1] != SH.sparql:
                 self._core.add(t)
         self._sparql = SparqlConstraints(shapes)
-        self._support_quads = list(triples_to_ox(self.support, ox.DefaultGraph()))  # type: ignore[arg-type]
+        self._support = _type_support(ontology.graph)
+
+    def support_for(self, case: Graph) -> set[Triple]:
+        """The ontology triples ``sh:class`` needs for this case: the types of the terms it
+        uses and their superclass chains (a few dozen triples, not the whole ontology)."""
+        needed: set[Triple] = set()
+        for _, p, o in case:
+            if isinstance(o, URIRef) and (p == RDF.type or o in self._support):
+                needed.update(self._support.get(o, ()))
+        return needed
 
     def validate(self, case: CaseGraph) -> Report:
         data = Graph()
-        for t in self.support:
+        for t in self.support_for(case.graph):
             data.add(t)
         data += case.graph
         _conforms, results, _text = shacl_validate(
@@ -80,10 +84,36 @@ class CaseValidator:
         found = list(case.problems)
         found.extend(_violations(results, self.shapes, case))  # type: ignore[arg-type]
         store = ox.Store()
-        store.extend(self._support_quads)
         store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
         found.extend(self._sparql.violations(store, case))
         return Report(_unique(found))
+
+
+def _type_support(ontology: Graph) -> dict[URIRef, tuple[Triple, ...]]:
+    """For every term: its ``rdf:type`` triples and the ``rdfs:subClassOf`` chains above it
+    and above its types."""
+
+    def chain(cls: URIRef, seen: set[URIRef]) -> list[Triple]:
+        out: list[Triple] = []
+        for sup in ontology.objects(cls, RDFS.subClassOf):
+            if isinstance(sup, URIRef) and sup not in seen:
+                seen.add(sup)
+                out.append((cls, RDFS.subClassOf, sup))
+                out.extend(chain(sup, seen))
+        return out
+
+    support: dict[URIRef, tuple[Triple, ...]] = {}
+    terms = {s for s in ontology.subjects() if isinstance(s, URIRef)}
+    for term in terms:
+        found = chain(term, {term})
+        found.extend((term, SKOS.notation, n) for n in ontology.objects(term, SKOS.notation))
+        for cls in ontology.objects(term, RDF.type):
+            if isinstance(cls, URIRef) and not cls.startswith(str(OWL)):
+                found.append((term, RDF.type, cls))
+                found.extend(chain(cls, {cls}))
+        if found:
+            support[term] = tuple(found)
+    return support
 
 
 class SparqlConstraints:
@@ -166,10 +196,15 @@ def _prefix_block(shapes: Graph, constraint: Node) -> str:
 
 
 def _violations(results: Graph, shapes: Graph, case: CaseGraph) -> Iterable[Violation]:
-    for result in results.subjects(RDF.type, SH.ValidationResult):
+    # Top-level results only: nested sh:detail results restate their parent's violation.
+    for result in results.objects(None, SH.result):
         if results.value(result, SH.resultSeverity) != SH.Violation:
             continue
         focus = results.value(result, SH.focusNode)
+        if focus is not None and focus not in case.node_paths and not str(focus).startswith(str(case.iri)):
+            # A term of the ontology checked through sh:node (e.g. a code without a notation):
+            # the case's own node or field that points at it reports the violation.
+            continue
         path = results.value(result, SH.resultPath)
         value = results.value(result, SH.value)
         shape = results.value(result, SH.sourceShape)
