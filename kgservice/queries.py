@@ -13,7 +13,8 @@ Header format (one ``#+`` line each; parameters as a list)::
 Parameter types: ``code`` (an ontology code, bound as its IRI), ``iri``, ``string``,
 ``integer``. Values are bound by Oxigraph (``substitutions``), never pasted into the query
 text; Oxigraph binds only variables the query projects, so a parameter must appear in
-``SELECT``.
+``SELECT``. Use each parameter in a required pattern outside sub-SELECTs: a value bound
+to a variable that only an OPTIONAL or a sub-SELECT uses filters nothing.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ def parse_query_file(path: Path) -> NamedQuery:
         raise OntologyError(f"query file name {path.name} must be lower-case letters, digits and dashes")
     parsed = []
     for p in params:
+        if not p.get("name"):
+            raise OntologyError(f"{path.name}: every parameter needs a name (keys indented under '- name:')")
         if p.get("type", "string") not in PARAM_TYPES:
             raise OntologyError(f"{path.name}: parameter {p.get('name')} has unknown type {p.get('type')}")
         parsed.append(Param(name=p["name"], type=p.get("type", "string"), description=p.get("description", ""),
@@ -165,7 +168,11 @@ def run_query(name: str) -> Response:
     if query is None:
         raise NotFound(f"no named query {name!r}; GET /queries lists them")
     svc = service()
-    args = {k: v for k, v in request.args.items() if k != "format"}
+    repeated = [Violation(k, f"parameter {k!r} is given more than once")
+                for k in request.args if len(request.args.getlist(k)) > 1]
+    if repeated:
+        raise InvalidCase(repeated)
+    args = dict(request.args.items())
     bindings = query.bindings(args, svc.kb.ontology.codes)
     store = svc.site_store(site())
     result = store.query(query.text, substitutions=bindings, use_default_graph_as_union=True)
