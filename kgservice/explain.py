@@ -37,10 +37,11 @@ class Facts:
         return self._base is not None and triple in self._base
 
     def objects(self, subject: Node, predicate: Node) -> list[Node]:
-        found = list(self._objects.get((subject, predicate), ()))
+        """The objects, sorted, so that explanations never depend on hash order."""
+        found = set(self._objects.get((subject, predicate), ()))
         if self._base is not None:
-            found += self._base.objects(subject, predicate)
-        return found
+            found.update(self._base.objects(subject, predicate))
+        return sorted(found, key=str)
 
 
 def derivations(ontology: Ontology, case: URIRef, facts: Facts) -> Iterator[Triple]:
@@ -107,5 +108,7 @@ def render(ontology: Ontology, fact: Triple, facts: Facts) -> str:
         text = ("yes" if value.toPython() else "no") if value.datatype == XSD.boolean else str(value)
         return f"{ontology.label(prop)}: {text}"
     codes = [t for t in facts.objects(value, RDF.type) if ontology.is_code(t)]
-    shown = codes[0] if codes else value
+    # The node's own code, not an inferred broader one (lumbar-spinal-stenosis, not spinal-stenosis).
+    specific = [c for c in codes if not any(o != c and ontology.is_subclass(o, c) for o in codes)]
+    shown = (specific or codes or [value])[0]
     return f"{ontology.label(prop)}: {ontology.label(shown)}"

@@ -180,6 +180,15 @@ class Ontology:
     def is_code(self, node: Node) -> bool:
         return node in self.codes
 
+    def is_subclass(self, sub: Node, sup: Node) -> bool:
+        """Whether ``sub`` is a (direct or indirect) subclass of ``sup`` in the ontology as written."""
+        return sup in self._superclasses.get(sub, frozenset())  # type: ignore[call-overload]
+
+    @cached_property
+    def _superclasses(self) -> dict[Node, frozenset[Node]]:
+        return {c: frozenset(self.graph.transitive_objects(c, RDFS.subClassOf)) - {c}
+                for c in set(self.graph.subjects(RDFS.subClassOf, None))}
+
     def coded_term(self, code: str) -> URIRef:
         """The IRI a contract code stands for (codes are local names in the ESI namespace)."""
         return ESI[code]

@@ -100,7 +100,7 @@ class AnswerBuilder:
 
     def _why(self, entry: dict[str, Any]) -> dict[str, Any]:
         rule: Term | None = self.ontology.term(entry["rule"]) if entry["rule"] is not None else None
-        return {"because": entry["because"], "rule": rule.ref() if rule else None}
+        return {"because": sorted(entry["because"]), "rule": rule.ref() if rule else None}
 
     def _code(self, iri: URIRef) -> str:
         return self.ontology.term(iri).code

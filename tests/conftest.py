@@ -1,0 +1,99 @@
+"""Shared fixtures: settings, knowledge bases (one per reasoning engine) and a case factory."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from kgservice.config import Settings
+from kgservice.kb import KnowledgeBase
+
+#: The injection date of every factory-made case; pain scores are given as days after it.
+INJECTION_DATE = dt.date(2026, 6, 10)
+
+#: A minimal valid case: a primary non-responder (baseline 8, still 8 on day 14), nerve-root pain.
+BASE_CASE: dict[str, Any] = {
+    "id": "test-case",
+    "age": 60,
+    "sex": "female",
+    "pain_regions": ["lower-back", "leg"],
+    "diagnoses": ["radiculopathy"],
+    "findings": [],
+    "prior_spinal_surgery": False,
+    "injection": {"date": INJECTION_DATE.isoformat(), "approach": "transforaminal", "spinal_region": "lumbar"},
+    "pain_scores": [{"date": INJECTION_DATE.isoformat(), "score": 8},
+                    {"date": (INJECTION_DATE + dt.timedelta(days=14)).isoformat(), "score": 8}],
+    "red_flags": [],
+    "treatments_tried": [],
+    "diagnostic_blocks": [],
+}
+
+
+class CaseFactory:
+    """Builds a fresh, valid contract case dict; any field can be overridden.
+
+    ``scores`` is a shortcut for ``pain_scores``: ``(day, score)`` pairs, the day counted
+    from the injection date (0 is the injection day, negative is before it).
+
+    >>> make_case = CaseFactory()
+    >>> make_case(scores=[(0, 8), (14, 4)])["pain_scores"][1]
+    {'date': '2026-06-24', 'score': 4}
+    """
+
+    injection_date = INJECTION_DATE
+
+    def __call__(self, *, scores: Iterable[tuple[int, int]] | None = None, **fields: Any) -> dict[str, Any]:
+        case = copy.deepcopy(BASE_CASE)
+        if scores is not None:
+            case["pain_scores"] = [{"date": self.day(d), "score": s} for d, s in scores]
+        case.update(copy.deepcopy(fields))
+        return case
+
+    def day(self, n: int) -> str:
+        """The ISO date ``n`` days after the injection."""
+        return (self.injection_date + dt.timedelta(days=n)).isoformat()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def kb(settings: Settings) -> KnowledgeBase:
+    """The knowledge base with the fast OWL 2 RL engine (``reasonable``)."""
+    return KnowledgeBase.from_settings(settings.with_(engine="reasonable"))
+
+
+@pytest.fixture(scope="session")
+def kb_owlrl(settings: Settings) -> KnowledgeBase:
+    """The reference engine (``owlrl``): about a second per case, so use it sparingly."""
+    return KnowledgeBase.from_settings(settings.with_(engine="owlrl"))
+
+
+@pytest.fixture(scope="session")
+def make_case() -> CaseFactory:
+    return CaseFactory()
+
+
+# -- the web app ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(tmp_path: Any) -> Any:
+    """A fresh app over its own empty data directory (``tmp_path``); its stores are closed after the test."""
+    from kgservice.api import create_app
+
+    app = create_app(Settings(data_dir=tmp_path))
+    yield app
+    app.extensions["esi"].close()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    """Flask's test client of ``app``."""
+    return app.test_client()
