@@ -15,6 +15,8 @@ from flask import Blueprint, Flask, Response, request, url_for
 from rdflib import Graph
 from werkzeug.exceptions import HTTPException
 
+from . import access
+from .access import note, requires
 from .config import Settings
 from .errors import ESIError, InvalidCase, Violation
 from .service import Service
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["esi"] = service or Service(settings)
+    access.install(app, settings)
 
     from .queries import bp as queries_bp
     from .sparql import bp as sparql_bp
@@ -120,20 +123,24 @@ def _body() -> bytes:
 
 
 @bp.post("/pathway")
+@requires("pathway:run")
 def pathway() -> Response:
     answer = service().pathway(_body(), request.content_type, site())
     return Response(json.dumps(answer, ensure_ascii=False), mimetype=JSON)
 
 
 @bp.post("/cases")
+@requires("cases:write")
 def create_case() -> Response:
     stored = service().create(_body(), request.content_type, site())
+    note(case=stored.case_id)
     response = Response(json.dumps(stored.answer, ensure_ascii=False), status=201, mimetype=JSON)
     response.headers["Location"] = url_for("esi.get_case", case_id=stored.case_id)
     return response
 
 
 @bp.put("/cases/<case_id>")
+@requires("cases:write")
 def replace_case(case_id: str) -> Response:
     stored = service().replace(case_id, _body(), request.content_type, site())
     response = Response(json.dumps(stored.answer, ensure_ascii=False), status=201 if stored.created else 200,
@@ -144,6 +151,7 @@ def replace_case(case_id: str) -> Response:
 
 
 @bp.get("/cases/<case_id>")
+@requires("cases:read")
 def get_case(case_id: str) -> Response:
     media_type = negotiate([JSON, TURTLE, JSONLD, NTRIPLES])
     if media_type == JSON:
@@ -153,18 +161,21 @@ def get_case(case_id: str) -> Response:
 
 
 @bp.delete("/cases/<case_id>")
+@requires("cases:write")
 def delete_case(case_id: str) -> Response:
     service().delete(case_id, site())
     return Response(status=204)
 
 
 @bp.get("/cases/<case_id>/pathway")
+@requires("cases:read")
 def stored_pathway(case_id: str) -> Response:
     answer = service().stored_answer(case_id, site())
     return Response(json.dumps(answer, ensure_ascii=False), mimetype=JSON)
 
 
 @bp.get("/cases")
+@requires("cases:read")
 def list_cases() -> Response:
     settings = service().settings
     page = _int_arg("page", 1, 1, 1_000_000)

@@ -43,8 +43,18 @@ class Settings:
     query_timeout_s: float = 10.0
     query_max_rows: int = 10_000
     reasoning_timeout_s: float = 10.0
+    reasoning_workers: int = 0
     auth_required: bool = True
     audit_log: Path | None = None
+    audit_fsync: bool = False
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or self.data_dir / "audit.jsonl"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.data_dir / "tokens.json"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

@@ -28,10 +28,11 @@ from typing import Any
 import pyoxigraph as ox
 from flask import Blueprint, Response, current_app, request
 
+from .access import note, query_hash, requires
 from .errors import InvalidCase, NotFound, OntologyError, Violation
 from .ontology import ESI
-from .sparql import SELECT_FORMATS, _capped, _mime, _solutions
-from .web import negotiate, service, site
+from .sparql import SELECT_FORMATS, run_limited
+from .web import negotiate, service
 
 bp = Blueprint("queries", __name__)
 
@@ -158,11 +159,13 @@ def catalog() -> Catalog:
 
 
 @bp.get("/queries")
+@requires("cases:read")
 def list_queries() -> Response:
     return Response(json.dumps([q.describe() for q in catalog().queries.values()]), mimetype="application/json")
 
 
 @bp.get("/queries/<name>")
+@requires("cases:read")
 def run_query(name: str) -> Response:
     query = catalog().queries.get(name)
     if query is None:
@@ -174,9 +177,6 @@ def run_query(name: str) -> Response:
         raise InvalidCase(repeated)
     args = dict(request.args.items())
     bindings = query.bindings(args, svc.kb.ontology.codes)
-    store = svc.site_store(site())
-    result = store.query(query.text, substitutions=bindings, use_default_graph_as_union=True)
-    media = negotiate(SELECT_FORMATS)
-    variables = [v.value for v in result.variables]
-    rows = _capped(result, svc.settings.query_max_rows)
-    return Response(_solutions(variables, rows, media), mimetype=_mime(media))
+    note(query=name, query_sha256=query_hash(query.text, *(f"{k}={v}" for k, v in sorted(args.items()))))
+    negotiate(SELECT_FORMATS)  # 406 before running anything
+    return run_limited(query.text, {"substitutions": bindings, "use_default_graph_as_union": True})

@@ -12,10 +12,11 @@ from typing import Any
 from rdflib import Graph
 
 from . import cases
-from .cases import RDF_FORMATS, CaseGraph
+from .cases import RDF_FORMATS
 from .config import Settings
-from .errors import InvalidCase, NotFound, UnsupportedMediaType, Violation
-from .kb import KnowledgeBase, Reasoned
+from .errors import InvalidCase, NotFound, Violation
+from .isolation import Outcome, ReasoningPool, reason_case
+from .kb import KnowledgeBase
 from .ontology import ESI
 from .reasoning import ENGINES
 from .store import CaseGraphs, OxigraphSite, Stores
@@ -32,44 +33,37 @@ class Stored:
 
 
 class Service:
-    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, stores: Stores | None = None) -> None:
+    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, stores: Stores | None = None,
+                 guard: bool = False) -> None:
         self.settings = settings
         self.kb = kb or KnowledgeBase.from_settings(settings)
         self.stores = stores or Stores(settings.data_dir)
+        self.pool = ReasoningPool(settings, settings.reasoning_workers, guard) if settings.reasoning_workers else None
 
-    # -- reading input ---------------------------------------------------------------------
-
-    def read_case(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None) -> CaseGraph:
-        """A case from a request body, by its media type; raises 400/415/422 errors."""
-        kind = (media_type or "").split(";", 1)[0].strip().lower()
-        if kind == JSON:
-            return self.kb.read_json(cases.load_json(body), case_id=case_id, site=site)
-        if kind in RDF_FORMATS:
-            return self.kb.read_rdf(body, kind, case_id=case_id, site=site)
-        if not kind:
-            raise UnsupportedMediaType(f"send a Content-Type: one of {', '.join(CASE_MEDIA_TYPES)}")
-        raise UnsupportedMediaType(f"{kind} is not accepted; send one of {', '.join(CASE_MEDIA_TYPES)}")
-
-    def reason(self, case: CaseGraph) -> Reasoned:
-        if problems := self.kb.check(case):
-            raise InvalidCase(problems)
-        return self.kb.reason_valid([case])[0]
+    def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None) -> Outcome:
+        """Read, validate and reason a case: in a worker process when there is a pool."""
+        if self.pool is not None:
+            return self.pool.reason(body, media_type, site, case_id)
+        return reason_case(self.kb, body, media_type, site, case_id)
 
     # -- use cases ---------------------------------------------------------------------------
 
     def pathway(self, body: bytes, media_type: str | None, site: str) -> dict[str, Any]:
         """Answer a case without storing it."""
-        return self.reason(self.read_case(body, media_type, site)).answer
+        return self.reason(body, media_type, site).answer
 
     def create(self, body: bytes, media_type: str | None, site: str) -> Stored:
-        reasoned = self.reason(self.read_case(body, media_type, site))
-        self._site(site).create(reasoned.case.id, reasoned.case.graph, reasoned.inferred)
-        return Stored(reasoned.case.id, True, reasoned.answer)
+        outcome = self.reason(body, media_type, site)
+        self._site(site).create(outcome.case_id, outcome.asserted, outcome.inferred)
+        return Stored(outcome.case_id, True, outcome.answer)
 
     def replace(self, case_id: str, body: bytes, media_type: str | None, site: str) -> Stored:
-        reasoned = self.reason(self.read_case(body, media_type, site, case_id=case_id))
-        created = self._site(site).replace(case_id, reasoned.case.graph, reasoned.inferred)
-        return Stored(case_id, created, reasoned.answer)
+        if not cases.ID_PATTERN.match(case_id):
+            raise InvalidCase([Violation("id", "id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -",
+                                         value=case_id)])
+        outcome = self.reason(body, media_type, site, case_id=case_id)
+        created = self._site(site).replace(case_id, outcome.asserted, outcome.inferred)
+        return Stored(case_id, created, outcome.answer)
 
     def delete(self, case_id: str, site: str) -> None:
         self._site(site).delete(_checked_id(case_id))
@@ -122,6 +116,8 @@ class Service:
         return self._site(site)
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         self.stores.close()
 
 

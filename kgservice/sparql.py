@@ -17,7 +17,10 @@ from xml.sax.saxutils import escape, quoteattr
 import pyoxigraph as ox
 from flask import Blueprint, Response, request
 
-from .errors import ESIError, QueryError, UnsupportedMediaType
+from .access import note, query_hash, requires
+from .errors import ESIError, NotAcceptable, QueryError, UnsupportedMediaType
+from .guard import check_query
+from .isolation import run_forked
 from .web import negotiate, service, site
 
 bp = Blueprint("sparql", __name__)
@@ -43,38 +46,65 @@ class RowLimit(ESIError):
 
 
 @bp.route("/sparql", methods=["GET", "POST"])
+@requires("cases:read")
 def endpoint() -> Response:
     query, default_graphs, named_graphs = _read_request()
     if query is None:
         return _service_description(negotiate(GRAPH_FORMATS))
-    store = service().site_store(site())
+    check_query(query, default_graphs, named_graphs)
+    note(query_sha256=query_hash(query, *default_graphs, "|", *named_graphs))
     options: dict[str, Any] = {}
-    if default_graphs:
-        options["default_graph"] = [ox.NamedNode(g) for g in default_graphs]
-    else:
-        options["use_default_graph_as_union"] = True
-    if named_graphs:
-        options["named_graphs"] = [ox.NamedNode(g) for g in named_graphs]
+    try:
+        if default_graphs:
+            options["default_graph"] = [ox.NamedNode(g) for g in default_graphs]
+        else:
+            options["use_default_graph_as_union"] = True
+        if named_graphs:
+            options["named_graphs"] = [ox.NamedNode(g) for g in named_graphs]
+    except ValueError as exc:
+        raise QueryError(f"a graph in the request's dataset is not a valid IRI: {exc}") from None
+    return run_limited(query, options)
+
+
+def run_limited(query: str, options: dict[str, Any]) -> Response:
+    """Run a query on the caller's site in a forked child, under the time limit and row cap."""
+    svc = service()
+    store = svc.site_store(site()).store
+    select_media, graph_media = _acceptable(SELECT_FORMATS), _acceptable(GRAPH_FORMATS)
+    max_rows = svc.settings.query_max_rows
+    media, body = run_forked(lambda: execute(store, query, options, select_media, graph_media, max_rows),
+                             svc.settings.query_timeout_s)
+    return Response(body, mimetype=media)
+
+
+def _acceptable(offers: list[str]) -> str | None:
+    try:
+        return negotiate(offers)
+    except NotAcceptable:
+        return None
+
+
+def execute(store: ox.Store, query: str, options: dict[str, Any], select_media: str | None,
+            graph_media: str | None, max_rows: int) -> tuple[str, bytes]:
+    """Run and serialize a query: ``(media type, body)``. Runs in the forked child."""
     try:
         result = store.query(query, **options)
     except SyntaxError as exc:
         raise QueryError(f"the query does not parse: {exc}") from None
-    except ValueError as exc:  # e.g. an invalid IRI in default-graph-uri
-        raise QueryError(str(exc)) from None
-    max_rows = service().settings.query_max_rows
-    if isinstance(result, ox.QueryBoolean):
-        media = negotiate(SELECT_FORMATS)
-        return Response(_boolean(bool(result), media), mimetype=_mime(media))
-    if isinstance(result, ox.QuerySolutions):
-        media = negotiate(SELECT_FORMATS)
+    if isinstance(result, ox.QuerySolutions | ox.QueryBoolean):
+        if select_media is None:
+            raise NotAcceptable(f"a SELECT or ASK result can be sent as {', '.join(SELECT_FORMATS)}")
+        if isinstance(result, ox.QueryBoolean):
+            return _mime(select_media), _boolean(bool(result), select_media).encode()
         variables = [v.value for v in result.variables]
         rows = _capped(result, max_rows)
-        return Response(_solutions(variables, rows, media), mimetype=_mime(media))
-    media = negotiate(GRAPH_FORMATS)
-    triples = list(_capped(result, max_rows))
+        return _mime(select_media), _solutions(variables, rows, select_media).encode()
+    if graph_media is None:
+        raise NotAcceptable(f"a CONSTRUCT or DESCRIBE result can be sent as {', '.join(GRAPH_FORMATS)}")
+    triples = _capped(result, max_rows)
     fmt = {"text/turtle": ox.RdfFormat.TURTLE, "application/n-triples": ox.RdfFormat.N_TRIPLES,
-           "application/ld+json": ox.RdfFormat.JSON_LD}[media]
-    return Response(ox.serialize(triples, format=fmt), mimetype=media)
+           "application/ld+json": ox.RdfFormat.JSON_LD}[graph_media]
+    return graph_media, ox.serialize(triples, format=fmt)
 
 
 def _read_request() -> tuple[str | None, list[str], list[str]]:

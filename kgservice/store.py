@@ -54,9 +54,9 @@ class CaseGraphs:
 class SiteStore(Protocol):
     """The operations the service needs of one site's dataset."""
 
-    def create(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> None: ...
+    def create(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> None: ...
 
-    def replace(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> bool: ...
+    def replace(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> bool: ...
 
     def delete(self, case_id: str) -> None: ...
 
@@ -105,18 +105,18 @@ class OxigraphSite:
     def exists(self, case_id: str) -> bool:
         return self.store.contains_named_graph(CaseGraphs.of(self.site, case_id).asserted)
 
-    def create(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> None:
+    def create(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> None:
         graphs = CaseGraphs.of(self.site, case_id)
-        quads = [*triples_to_ox(asserted, graphs.asserted), *triples_to_ox(inferred, graphs.inferred)]
+        quads = [*_in(asserted, graphs.asserted), *_in(inferred, graphs.inferred)]
         with self._write:
             if self.store.contains_named_graph(graphs.asserted):
                 raise Conflict(f"case {case_id!r} exists already; use PUT to replace it")
             self.store.extend(quads)
 
-    def replace(self, case_id: str, asserted: Iterable[Triple], inferred: Iterable[Triple]) -> bool:
+    def replace(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> bool:
         """Store or replace a case; True when it did not exist before."""
         graphs = CaseGraphs.of(self.site, case_id)
-        quads = [*triples_to_ox(asserted, graphs.asserted), *triples_to_ox(inferred, graphs.inferred)]
+        quads = [*_in(asserted, graphs.asserted), *_in(inferred, graphs.inferred)]
         with self._write:
             created = not self.store.contains_named_graph(graphs.asserted)
             self.store.update(
@@ -162,6 +162,10 @@ class OxigraphSite:
     def flush(self) -> None:
         if self.path is not None:
             self.store.flush()
+
+
+def _in(triples: Iterable[ox.Triple], graph: ox.NamedNode) -> Iterator[ox.Quad]:
+    return (ox.Quad(t.subject, t.predicate, t.object, graph) for t in triples)
 
 
 def _tail(iri: str) -> str:

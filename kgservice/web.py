@@ -13,8 +13,10 @@ def service() -> Service:
 
 
 def site() -> str:
-    """The site (tenant) of the caller."""
-    return str(getattr(request, "esi_site", None) or "default")
+    """The site (tenant) of the caller: its token's site."""
+    from .access import caller_site
+
+    return caller_site()
 
 
 def negotiate(offers: list[str]) -> str:

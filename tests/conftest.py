@@ -88,7 +88,7 @@ def app(tmp_path: Any) -> Any:
     """A fresh app over its own empty data directory (``tmp_path``); its stores are closed after the test."""
     from kgservice.api import create_app
 
-    app = create_app(Settings(data_dir=tmp_path))
+    app = create_app(Settings(auth_required=False, data_dir=tmp_path))
     yield app
     app.extensions["esi"].close()
 

@@ -40,7 +40,7 @@ RESULTS_JSON = "application/sparql-results+json"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
-    return create_app(Settings(data_dir=tmp_path_factory.mktemp("queries")))
+    return create_app(Settings(auth_required=False, data_dir=tmp_path_factory.mktemp("queries")))
 
 
 @pytest.fixture(scope="module")

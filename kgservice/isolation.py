@@ -1,0 +1,258 @@
+"""Work that must be stoppable: SPARQL queries in a forked child, reasoning in worker processes.
+
+Neither Oxigraph nor the reasoners can be interrupted from Python, and a thread that is
+abandoned keeps its CPU. So a query runs in a child forked from the server (it inherits the
+open store, reads it, writes its serialized result to a pipe and exits), and reasoning runs
+in a pool of worker processes. Past its time limit the child or worker is killed with
+SIGKILL: its CPU is freed at once, and the caller gets ``503``.
+
+Reasoning in worker processes also lets the service use every core: the server process
+keeps the HTTP traffic and the store, the workers the CPU-bound pipeline.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import queue
+import select
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pyoxigraph as ox
+
+from .config import Settings
+from .errors import ESIError
+
+
+class TimeLimit(ESIError):
+    status = 503
+    type_slug = "time-limit"
+    title = "Time limit reached"
+
+
+class RemoteProblem(ESIError):
+    """A domain error raised in a child or worker process, carried back as its problem JSON."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(str(problem.get("detail", "")))
+        self.status = status
+        self._problem = problem
+
+    def problem(self) -> dict[str, Any]:
+        return self._problem
+
+
+def _failure(exc: BaseException) -> tuple[str, int, dict[str, Any]]:
+    if isinstance(exc, ESIError):
+        return ("problem", exc.status, exc.problem())
+    return ("problem", 500, {"type": "https://w3id.org/esi-kg/problems/internal-error", "title": "Internal error",
+                             "status": 500, "detail": "an unexpected error was logged; nothing was stored"})
+
+
+# -- queries: fork, read, exit -----------------------------------------------------------------
+
+_fork_lock = threading.Lock()
+
+
+def run_forked(fn: Callable[[], Any], timeout: float) -> Any:
+    """Run ``fn`` in a forked child and return its (picklable) result, or raise.
+
+    The child inherits the open Oxigraph store and only reads it. It is killed when the
+    time limit passes; the result of a child that outgrows no limit is read as it is written,
+    so a large result cannot block on a full pipe.
+    """
+    read_end, write_end = os.pipe()
+    with _fork_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns on fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        try:
+            try:
+                payload = pickle.dumps(("ok", fn()), protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
+                payload = pickle.dumps(_failure(exc))
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(write_end, view):]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeLimit(f"the query ran longer than {timeout:g} s and was stopped; narrow it or add LIMIT")
+            ready, _, _ = select.select([read_end], [], [], min(left, 0.25))
+            if ready:
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise RemoteProblem(500, _failure(RuntimeError())[2])
+    result = pickle.loads(b"".join(chunks))
+    if result[0] == "ok":
+        return result[1]
+    raise RemoteProblem(result[1], result[2])
+
+
+# -- reasoning: a pool of worker processes -------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """A reasoned case: its id, the contract answer and its two graphs as Oxigraph triples."""
+
+    case_id: str
+    answer: dict[str, Any]
+    asserted: list[ox.Triple]
+    inferred: list[ox.Triple]
+
+
+def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id: str | None) -> Outcome:
+    """Read, validate and reason one case: the work a worker does, also callable in-process."""
+    from .cases import RDF_FORMATS, load_json
+    from .errors import InvalidCase, UnsupportedMediaType
+    from .terms import to_ox
+
+    kind = (media_type or "").split(";", 1)[0].strip().lower()
+    accepted = ", ".join(("application/json", *RDF_FORMATS))
+    if kind == "application/json":
+        case = kb.read_json(load_json(body), case_id=case_id, site=site)
+    elif kind in RDF_FORMATS:
+        case = kb.read_rdf(body, kind, case_id=case_id, site=site)
+    elif not kind:
+        raise UnsupportedMediaType(f"send a Content-Type: one of {accepted}")
+    else:
+        raise UnsupportedMediaType(f"{kind} is not accepted; send one of {accepted}")
+    if problems := kb.check(case):
+        raise InvalidCase(problems)
+    reasoned = kb.reason_valid([case])[0]
+
+    def triples(source: Any) -> list[ox.Triple]:
+        return [ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in source]  # type: ignore[arg-type]
+
+    return Outcome(case.id, reasoned.answer, triples(case.graph), triples(reasoned.inferred))
+
+
+def _worker_main(settings: Settings, conn: Connection, guard: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    if guard:
+        from .guard import install_network_guard
+
+        install_network_guard()
+    from .kb import KnowledgeBase
+
+    kb = KnowledgeBase.from_settings(settings)
+    conn.send(("ready", kb.version))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            outcome = reason_case(kb, *task)
+            reply: tuple[Any, ...] = (
+                "ok", outcome.case_id, outcome.answer,
+                ox.serialize(outcome.asserted, format=ox.RdfFormat.N_TRIPLES),
+                ox.serialize(outcome.inferred, format=ox.RdfFormat.N_TRIPLES),
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, the worker lives on
+            reply = _failure(exc)
+        conn.send(reply)
+
+
+class _Worker:
+    def __init__(self, ctx: Any, settings: Settings, guard: bool) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(settings, child, guard), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        if not self.ready:
+            if not self.conn.poll(timeout):
+                raise RuntimeError("a reasoning worker did not start")
+            self.conn.recv()
+            self.ready = True
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+class ReasoningPool:
+    """``size`` worker processes, each with its own knowledge base; one task per worker at a time."""
+
+    def __init__(self, settings: Settings, size: int, guard: bool = False) -> None:
+        self.settings = settings
+        self.guard = guard
+        self._ctx = multiprocessing.get_context("spawn")
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: list[_Worker] = []
+        for _ in range(size):
+            self._add()
+        for worker in list(self._all):
+            worker.wait_ready()
+
+    def _add(self) -> _Worker:
+        worker = _Worker(self._ctx, self.settings, self.guard)
+        self._all.append(worker)
+        self._idle.put(worker)
+        return worker
+
+    def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None) -> Outcome:
+        timeout = self.settings.reasoning_timeout_s
+        worker = self._idle.get()
+        replacement = None
+        try:
+            worker.wait_ready()
+            worker.conn.send((body, media_type, site, case_id))
+            if not worker.conn.poll(timeout):
+                replacement = worker
+                raise TimeLimit(f"reasoning took longer than {timeout:g} s and was stopped")
+            reply = worker.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            replacement = worker
+            raise TimeLimit("a reasoning worker stopped; try again") from None
+        finally:
+            if replacement is not None:
+                worker.kill()
+                self._all.remove(worker)
+                worker = _Worker(self._ctx, self.settings, self.guard)
+                self._all.append(worker)
+            self._idle.put(worker)
+        if reply[0] != "ok":
+            raise RemoteProblem(reply[1], reply[2])
+        _, case_id_out, answer, asserted, inferred = reply
+        return Outcome(case_id_out, answer, _parse(asserted), _parse(inferred))
+
+    def close(self) -> None:
+        for worker in self._all:
+            worker.kill()
+        self._all.clear()
+
+
+def _parse(ntriples: bytes) -> list[ox.Triple]:
+    return [q.triple for q in ox.parse(ntriples, format=ox.RdfFormat.N_TRIPLES)]
