@@ -357,16 +357,24 @@ def _schema_problems(triples: list[Triple]) -> Iterable[str]:
 
 
 def _reachable(root: Node, triples: list[Triple]) -> set[Node]:
+    """The nodes reachable from the case, breadth first; too deep a document is malformed."""
     out: dict[Node, list[Node]] = {}
     for s, _, o in triples:
         out.setdefault(s, []).append(o)
     seen = {root}
-    todo = [root]
-    while todo:
-        for o in out.get(todo.pop(), []):
-            if o not in seen and o in out:
-                seen.add(o)
-                todo.append(o)
+    level = [root]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedInput(f"the case is nested deeper than {MAX_JSON_DEPTH} levels")
+        following = []
+        for node in level:
+            for o in out.get(node, []):
+                if o not in seen and o in out:
+                    seen.add(o)
+                    following.append(o)
+        level = following
     return seen
 
 

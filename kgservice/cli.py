@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .auth import SCOPES, TokenStore
 from .config import ENGINES, Settings
 from .errors import ESIError, InvalidCase, MalformedInput
 
@@ -45,6 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
     s.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or reasonable)")
     s.set_defaults(run=cmd_serve)
+
+    t = sub.add_parser("token", help="make, list and revoke API tokens")
+    tsub = t.add_subparsers(title="token commands")
+    tc = tsub.add_parser("create", help="make a token; prints its secret once")
+    tc.add_argument("--site", required=True, help="the site (tenant) whose cases the token reaches")
+    tc.add_argument("--scope", required=True, nargs="+", choices=sorted(SCOPES), help="what it may do")
+    tc.add_argument("--data-dir", type=Path, help="where tokens.json lives (default: ESI_DATA_DIR or ./data)")
+    tc.set_defaults(run=cmd_token_create)
+    tr = tsub.add_parser("revoke", help="revoke a token by its id")
+    tr.add_argument("id")
+    tr.add_argument("--data-dir", type=Path)
+    tr.set_defaults(run=cmd_token_revoke)
+    tl = tsub.add_parser("list", help="list tokens (ids, sites, scopes; never secrets)")
+    tl.add_argument("--data-dir", type=Path)
+    tl.set_defaults(run=cmd_token_list)
 
     c = sub.add_parser("check", help="check the ontology: quality shapes, OWL 2 RL profile, rules")
     c.add_argument("--ontology", type=Path, help="ontology file (default: the shipped one or ESI_ONTOLOGY_PATH)")
@@ -100,6 +116,39 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_(**{k: v for k, v in (("host", args.host), ("port", args.port),
                                                    ("data_dir", args.data_dir)) if v is not None})
     serve(settings)
+    return 0
+
+
+def _tokens(args: argparse.Namespace, settings: Settings) -> TokenStore:
+    if args.data_dir is not None:
+        settings = settings.with_(data_dir=args.data_dir)
+    return TokenStore(settings.tokens_path)
+
+
+def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        token, secret = _tokens(args, settings).create(args.site, args.scope)
+    except ValueError as exc:
+        print(f"kgservice: {exc}", file=sys.stderr)
+        return 2
+    print(f"token {token.id} for site {token.site}, scopes {' '.join(token.scopes)}", file=sys.stderr)
+    print("the secret is shown once; store it now:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    if _tokens(args, settings).revoke(args.id):
+        print(f"token {args.id} revoked")
+        return 0
+    print(f"kgservice: no token {args.id}", file=sys.stderr)
+    return 1
+
+
+def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    for token in _tokens(args, settings).list():
+        state = f"revoked {token.revoked}" if token.revoked else "live"
+        print(f"{token.id}  site={token.site}  scopes={','.join(token.scopes)}  created={token.created}  {state}")
     return 0
 
 

@@ -43,7 +43,7 @@ class Settings:
     query_timeout_s: float = 10.0
     query_max_rows: int = 10_000
     reasoning_timeout_s: float = 10.0
-    reasoning_workers: int = 0
+    reasoning_workers: int | None = None
     auth_required: bool = True
     audit_log: Path | None = None
     audit_fsync: bool = False
@@ -77,7 +77,7 @@ class Settings:
 
 
 def _coerce(kind: Any, raw: str, name: str) -> Any:
-    kind = str(kind)
+    kind = str(kind).replace(" | None", "")
     try:
         if kind.startswith("Path"):
             return Path(raw)

@@ -1,11 +1,15 @@
 """``kgservice serve``: the API under gunicorn, a production WSGI server.
 
 One worker process owns the Oxigraph stores (RocksDB allows a single writer process) and
-answers with several threads. Flask's development server and debugger are never used.
+answers with several threads; the CPU-bound pipeline runs in a pool of reasoning processes
+(one per core unless ``ESI_REASONING_WORKERS`` says otherwise), so every core is used.
+The network guard is installed in the worker and in every reasoning process. Flask's
+development server and debugger are never used.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -40,8 +44,14 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         from .api import create_app
+        from .guard import install_network_guard
+        from .service import Service
 
-        return create_app(self.settings)
+        install_network_guard()  # from here on, nothing in this process may connect out
+        settings = self.settings
+        if settings.reasoning_workers is None:
+            settings = settings.with_(reasoning_workers=os.cpu_count() or 2)
+        return create_app(settings, service=Service(settings, guard=True))
 
 
 def serve(settings: Settings) -> None:

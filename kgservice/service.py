@@ -38,7 +38,8 @@ class Service:
         self.settings = settings
         self.kb = kb or KnowledgeBase.from_settings(settings)
         self.stores = stores or Stores(settings.data_dir)
-        self.pool = ReasoningPool(settings, settings.reasoning_workers, guard) if settings.reasoning_workers else None
+        workers = settings.reasoning_workers or 0
+        self.pool = ReasoningPool(settings, workers, guard) if workers > 0 else None
 
     def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None) -> Outcome:
         """Read, validate and reason a case: in a worker process when there is a pool."""

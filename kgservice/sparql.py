@@ -51,8 +51,8 @@ def endpoint() -> Response:
     query, default_graphs, named_graphs = _read_request()
     if query is None:
         return _service_description(negotiate(GRAPH_FORMATS))
-    check_query(query, default_graphs, named_graphs)
     note(query_sha256=query_hash(query, *default_graphs, "|", *named_graphs))
+    check_query(query, default_graphs, named_graphs)
     options: dict[str, Any] = {}
     try:
         if default_graphs:
