@@ -47,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or reasonable)")
     s.set_defaults(run=cmd_serve)
 
+    ld = sub.add_parser("load", help="validate, reason and store many cases (JSON lines, JSON array, folder)")
+    ld.add_argument("path", type=Path)
+    ld.add_argument("--site", default="default", help="the site to load into (default: default)")
+    ld.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
+    ld.add_argument("--batch", type=int, default=200, help="cases reasoned and stored together (default 200)")
+    ld.add_argument("--workers", type=int, help="reasoning processes (default: ESI_REASONING_WORKERS or 2)")
+    ld.add_argument("--engine", choices=ENGINES)
+    ld.set_defaults(run=cmd_load)
+
     t = sub.add_parser("token", help="make, list and revoke API tokens")
     tsub = t.add_subparsers(title="token commands")
     tc = tsub.add_parser("create", help="make a token; prints its secret once")
@@ -117,6 +126,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                                                    ("data_dir", args.data_dir)) if v is not None})
     serve(settings)
     return 0
+
+
+def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
+    from .bulk import main as load_main
+
+    if args.data_dir is not None:
+        settings = settings.with_(data_dir=args.data_dir)
+    return load_main(settings, args.path, args.site, max(1, args.batch), args.workers)
 
 
 def _tokens(args: argparse.Namespace, settings: Settings) -> TokenStore:

@@ -26,21 +26,28 @@ from .errors import QueryError
 #: Graph names a query may use in its dataset: the ontology's and the cases'.
 LOCAL_GRAPHS = ("https://w3id.org/esi-kg/",)
 
+# Tokens as SPARQL reads them: a comment ends at CR or LF; an IRI excludes only U+0000-U+0020
+# and <>"{}|^`\ but may hold \u / \U escapes; a prefixed name's local part may hold
+# \-escapes (PN_LOCAL_ESC, e.g. ``ex:a\#``). Read any other way, a "comment" or "string"
+# could hide the rest of a line, and a SERVICE in it, from the check below.
 _TOKEN = re.compile(
     r"""
-      (?P<comment>\#[^\n]*)
+      (?P<comment>\#[^\r\n]*)
     | (?P<string>'\'\'(?:[^'\\]|\\.|'(?!''))*'\'\'
                 |\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"
                 |'(?:[^'\\\n]|\\.)*'
                 |"(?:[^"\\\n]|\\.)*")
-    | (?P<iri><[^<>"{}|^`\\\s]*>)
+    | (?P<iri><(?:[^<>"{}|^`\\\x00-\x20]|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8})*>)
     | (?P<var>[?$]\w+)
-    | (?P<pname>[A-Za-z][\w.-]*?:[\w.:%-]*|:[\w.:%-]*)
+    | (?P<pname>(?:[A-Za-z][\w.-]*?)?:(?:[\w.:%-]|\\[_~.!$&'()*+,;=/?\#@%-])*)
     | (?P<word>[A-Za-z_]+)
     | (?P<other>\S)
     """,
     re.VERBOSE,
 )
+#: Characters that, outside a string, IRI, prefixed name or comment, mean the text was not
+#: read as SPARQL reads it: refuse rather than guess.
+_UNREADABLE = {"\\", "'", '"'}
 
 
 def _tokens(query: str) -> Iterator[tuple[str, str]]:
@@ -56,6 +63,9 @@ def check_query(query: str, default_graphs: list[str] = (), named_graphs: list[s
     base = ""
     tokens = list(_tokens(query))
     for i, (kind, text) in enumerate(tokens):
+        if kind == "other" and text in _UNREADABLE:
+            raise QueryError(f"the query has {text!r} outside a string, IRI or prefixed name; it cannot be checked, "
+                             "so it is not run")
         if kind != "word":
             continue
         word = text.upper()

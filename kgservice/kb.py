@@ -69,10 +69,16 @@ class KnowledgeBase:
 
     def check(self, case: CaseGraph) -> list[Violation]:
         """Every violation of the contract; empty when the case is valid."""
-        if len(case.graph) > self.max_case_triples:
-            return [Violation("$", f"a case may hold at most {self.max_case_triples} triples, "
-                                   f"this one has {len(case.graph)}")]
-        return self.validator.validate(case).violations
+        return self.check_many([case])[0]
+
+    def check_many(self, batch: Sequence[CaseGraph]) -> list[list[Violation]]:
+        """The violations of each case, validated together (one SHACL run for the batch)."""
+        too_big = {i for i, case in enumerate(batch) if len(case.graph) > self.max_case_triples}
+        rest = [case for i, case in enumerate(batch) if i not in too_big]
+        reports = iter(self.validator.validate_many(rest) if rest else [])
+        return [[Violation("$", f"a case may hold at most {self.max_case_triples} triples, "
+                                f"this one has {len(case.graph)}")] if i in too_big else next(reports).violations
+                for i, case in enumerate(batch)]
 
     # -- reasoning -------------------------------------------------------------------------
 
@@ -83,7 +89,8 @@ class KnowledgeBase:
                 raise InvalidCase(problems)
         return self.reason_valid(batch)
 
-    def reason_valid(self, batch: Sequence[CaseGraph]) -> list[Reasoned]:
+    def reason_valid(self, batch: Sequence[CaseGraph], answers: bool = True) -> list[Reasoned]:
+        """Reason over valid cases together; ``answers=False`` skips the answers (bulk loading)."""
         inputs = [
             CaseInput(c.iri, tuple(c.graph), tuple(cases.observations(c.graph, c.iri))) for c in batch
         ]
@@ -92,7 +99,7 @@ class KnowledgeBase:
         for case in batch:
             graph = inferred[case.iri]
             graph.add((case.iri, ESI.ontologyVersion, Literal(self.version)))
-            out.append(Reasoned(case, graph, self.answer_from_graphs(case, graph)))
+            out.append(Reasoned(case, graph, self.answer_from_graphs(case, graph) if answers else {}))
         return out
 
     def answer_from_graphs(self, case: CaseGraph, inferred: set[Triple]) -> dict[str, Any]:
@@ -113,7 +120,10 @@ class KnowledgeBase:
         parents = {spec.prop: name for name, spec in CASE_FIELDS.items() if spec.fields}
         groups: dict[str, list[dict[str, str]]] = {}
         for prop_shape, name in shapes.subject_objects(SH.name):
-            cls = shapes.value(prop_shape, SH["class"])
+            path = shapes.value(prop_shape, SH.path)
+            cls = shapes.value(prop_shape, SH["class"]) or next(  # or on the shape of the values themselves
+                (shapes.value(v, SH["class"]) for v in shapes.subjects(SH.targetObjectsOf, path)
+                 if shapes.value(v, SH["class"]) is not None), None)
             if cls is None or not onto.members(URIRef(cls)):
                 continue
             owner = shapes.value(None, SH.property, prop_shape)

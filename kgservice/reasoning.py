@@ -184,24 +184,28 @@ class Reasoner:
         store.extend(self._support)
         store.extend(triples_to_ox(facts, _RULE_GRAPH))  # type: ignore[arg-type]
         produced: list[Triple] = []
+        iris = {c.iri for c in cases}
         for rule in rules:
-            for case in cases:
-                this = ox.NamedNode(str(case.iri))
-                new = list(store.query(rule.query, substitutions={ox.Variable("this"): this}))
+            if len(cases) > 1 and rule.batch_query is not None:
+                runs = [(rule.batch_query, {})]  # every case in one run
+            else:
+                runs = [(rule.query, {ox.Variable("this"): ox.NamedNode(str(c.iri))}) for c in cases]
+            for query, binding in runs:
+                new = list(store.query(query, substitutions=binding))
                 if not new:
                     continue
                 store.extend(ox.Quad(t.subject, t.predicate, t.object, _RULE_GRAPH) for t in new)
                 triples = [(from_ox(t.subject), from_ox(t.predicate), from_ox(t.object)) for t in new]
                 produced.extend(triples)
-                produced.extend(_record_rule(rule.term.iri, case.iri, triples))
+                produced.extend(_record_rule(rule.term.iri, iris, triples))
         return produced
 
 
-def _record_rule(rule: URIRef, case: URIRef, triples: list[Triple]) -> list[Triple]:
+def _record_rule(rule: URIRef, cases: set[URIRef], triples: list[Triple]) -> list[Triple]:
     """A SPARQL rule states what it concludes (``?why esi:concludes X``); record which rule it was."""
     out: list[Triple] = []
     for s, p, _ in triples:
-        if p == ESI.concludes:
+        if p == ESI.concludes and (case := _owner(s, cases)) is not None:
             out += [(case, ESI.hasDerivation, s), (s, RDF.type, ESI.Derivation), (s, ESI.byRule, rule)]
     return out
 

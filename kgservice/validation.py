@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,19 +74,69 @@ class CaseValidator:
         return needed
 
     def validate(self, case: CaseGraph) -> Report:
+        return self.validate_many([case])[0]
+
+    def validate_many(self, cases: Sequence[CaseGraph]) -> list[Report]:
+        """Validate cases together, in one pyshacl run (the per-run cost is shared), and
+        report each case's violations on its own."""
         data = Graph()
-        for t in self.support_for(case.graph):
+        support: set[Triple] = set()
+        for case in cases:
+            support |= self.support_for(case.graph)
+        for t in support:
             data.add(t)
-        data += case.graph
+        for case in cases:
+            data += case.graph
         _conforms, results, _text = shacl_validate(
             data, shacl_graph=self._core, inference="none", inplace=True, advanced=True, allow_warnings=True
         )
-        found = list(case.problems)
-        found.extend(_violations(results, self.shapes, case))  # type: ignore[arg-type]
+        owner = _Owners(cases)
+        found = [list(case.problems) for case in cases]
+        for focus, path, value, shape, message in _results(results):  # type: ignore[arg-type]
+            index = owner.of(focus)
+            if index is None:
+                # A term of the ontology checked through sh:node (e.g. a code without a notation):
+                # the case's own node or field that points at it reports the violation.
+                continue
+            case = cases[index]
+            where = case.path_of(focus, path, value)
+            found[index].append(Violation(where, message, _named_shape(self.shapes, shape), _shown(case, where, value)))
         store = ox.Store()
-        store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
-        found.extend(self._sparql.violations(store, case))
-        return Report(_unique(found))
+        for case in cases:
+            store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
+        for focus_ox, row, message, shape_iri in self._sparql.results(store):
+            focus = from_ox(focus_ox)
+            index = owner.of(focus)
+            if index is None:
+                continue
+            case = cases[index]
+            path, value = _get(row, "path"), _get(row, "value")
+            rdf_value = from_ox(value) if value is not None else None
+            where = case.path_of(focus, from_ox(path) if path is not None else None, rdf_value)
+            found[index].append(Violation(where, message, shape_iri, _shown(case, where, rdf_value)))
+        return [Report(_unique(f)) for f in found]
+
+
+class _Owners:
+    """Which case of a batch a node belongs to: its own nodes, or IRIs named under it."""
+
+    def __init__(self, cases: Sequence[CaseGraph]) -> None:
+        self._nodes: dict[Node, int] = {}
+        self._iris: dict[str, int] = {}
+        for index, case in enumerate(cases):
+            self._iris[str(case.iri)] = index
+            for node in case.node_paths:
+                self._nodes.setdefault(node, index)
+
+    def of(self, node: Node) -> int | None:
+        if node in self._nodes:
+            return self._nodes[node]
+        text = str(node).split("#", 1)[0]
+        while "/" in text:
+            if text in self._iris:
+                return self._iris[text]
+            text = text.rsplit("/", 1)[0]
+        return None
 
 
 def _type_support(ontology: Graph) -> dict[URIRef, tuple[Triple, ...]]:
@@ -144,13 +194,6 @@ class SparqlConstraints:
                 for row in store.query(query, substitutions={this: focus}):  # type: ignore[union-attr]
                     yield focus, row, message, shape
 
-    def violations(self, store: ox.Store, case: CaseGraph) -> Iterable[Violation]:
-        for focus, row, message, shape in self.results(store):
-            path, value = _get(row, "path"), _get(row, "value")
-            rdf_value = from_ox(value) if value is not None else None
-            where = case.path_of(from_ox(focus), from_ox(path) if path is not None else None, rdf_value)
-            yield Violation(where, message, shape, _shown(case, where, rdf_value))
-
 
 _TARGET_KINDS = (SH.targetClass, SH.targetObjectsOf, SH.targetSubjectsOf, SH.targetNode)
 _TARGET_QUERIES = {
@@ -195,22 +238,19 @@ def _prefix_block(shapes: Graph, constraint: Node) -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
-def _violations(results: Graph, shapes: Graph, case: CaseGraph) -> Iterable[Violation]:
-    # Top-level results only: nested sh:detail results restate their parent's violation.
+def _results(results: Graph) -> Iterator[tuple[Node, Node | None, Node | None, Node | None, str]]:
+    """``(focus, path, value, source shape, message)`` of each top-level violation.
+
+    Nested ``sh:detail`` results restate their parent's violation and are left out."""
     for result in results.objects(None, SH.result):
         if results.value(result, SH.resultSeverity) != SH.Violation:
             continue
         focus = results.value(result, SH.focusNode)
-        if focus is not None and focus not in case.node_paths and not str(focus).startswith(str(case.iri)):
-            # A term of the ontology checked through sh:node (e.g. a code without a notation):
-            # the case's own node or field that points at it reports the violation.
+        if focus is None:
             continue
-        path = results.value(result, SH.resultPath)
-        value = results.value(result, SH.value)
-        shape = results.value(result, SH.sourceShape)
         message = results.value(result, SH.resultMessage) or "constraint not met"
-        where = case.path_of(focus, path, value) if focus is not None else "$"
-        yield Violation(where, str(message), _named_shape(shapes, shape), _shown(case, where, value))
+        yield (focus, results.value(result, SH.resultPath), results.value(result, SH.value),
+               results.value(result, SH.sourceShape), str(message))
 
 
 def _shown(case: CaseGraph, path: str, value: Node | None) -> Any:

@@ -1,0 +1,219 @@
+"""``kgservice load``: validate, reason and store many cases, in batches, on every core.
+
+Cases are read as a stream (JSON lines, a JSON array, or a folder of such files), reasoned
+in batches by worker processes, and each batch's valid cases are written in one Oxigraph
+transaction: a case is stored with its inferences or not at all. A bad case is reported
+with its problem and never stops the load.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pyoxigraph as ox
+
+from .cases import DEFAULT_SITE, load_json
+from .config import Settings
+from .errors import ESIError, InvalidCase, MalformedInput
+from .store import CaseGraphs, Stores
+from .terms import to_ox
+
+Item = tuple[int, Any]  # (position in the input, the case or a read error)
+
+
+@dataclass
+class Summary:
+    loaded: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"loaded": self.loaded, "rejected": self.rejected, "seconds": round(self.seconds, 2),
+                "cases_per_second": round(self.loaded / self.seconds, 1) if self.seconds else None,
+                "rejections": self.rejections}
+
+
+def read_items(path: Path) -> Iterator[Item]:
+    """Cases from a file or folder, one at a time; unreadable entries come out as errors."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl")) if path.is_dir() else [path]
+    position = 0
+    for file in files:
+        with file.open("rb") as handle:
+            first = handle.read(1)
+            while first and first.isspace():
+                first = handle.read(1)
+            handle.seek(0)
+            if first == b"[" or (first == b"{" and file.suffix == ".json"):
+                try:
+                    data = load_json(handle.read())
+                except MalformedInput as exc:
+                    yield position, exc
+                    position += 1
+                    continue
+                for item in data if isinstance(data, list) else [data]:
+                    yield position, item
+                    position += 1
+            else:
+                for line in handle:
+                    if line.strip():
+                        try:
+                            yield position, load_json(line)
+                        except MalformedInput as exc:
+                            yield position, exc
+                        position += 1
+
+
+# -- worker side -----------------------------------------------------------------------------
+
+_kb: Any = None
+
+
+def _init_worker(settings: Settings) -> None:
+    global _kb
+    from .kb import KnowledgeBase
+
+    _kb = KnowledgeBase.from_settings(settings)
+
+
+def reason_batch(items: list[Item], site: str, kb: Any = None) -> list[tuple[int, str | None, Any]]:
+    """For each item: (position, case id, problem JSON) or (position, case id, (asserted, inferred) N-Triples)."""
+    kb = kb or _kb
+    results: list[tuple[int, str | None, Any]] = []
+    read = []
+    for position, item in items:
+        if isinstance(item, ESIError):
+            results.append((position, None, item.problem()))
+            continue
+        try:
+            read.append((position, kb.read_json(item, site=site)))
+        except ESIError as exc:
+            results.append((position, item.get("id") if isinstance(item, dict) else None, exc.problem()))
+    valid = []
+    for (position, case), problems in zip(read, kb.check_many([c for _, c in read]), strict=True):
+        if problems:
+            results.append((position, case.id, InvalidCase(problems).problem()))
+        else:
+            valid.append((position, case))
+    reasoned_all = kb.reason_valid([c for _, c in valid], answers=False)
+    for (position, case), reasoned in zip(valid, reasoned_all, strict=True):
+        asserted = ox.serialize([ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in case.graph],
+                                format=ox.RdfFormat.N_TRIPLES)
+        inferred = ox.serialize([ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in reasoned.inferred],
+                                format=ox.RdfFormat.N_TRIPLES)
+        results.append((position, case.id, (asserted, inferred)))
+    return results
+
+
+# -- main side -------------------------------------------------------------------------------
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Progress:
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.start = time.perf_counter()
+        self.last = 0.0
+
+    def show(self, summary: Summary, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - self.last < 0.5:
+            return
+        self.last = now
+        rate = summary.loaded / max(now - self.start, 1e-9)
+        self.stream.write(f"\rloaded {summary.loaded:>8}  rejected {summary.rejected:>6}  {rate:8.1f} cases/s"
+                          + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: int = 200,
+         workers: int | None = None, progress: Any = sys.stderr, keep_rejections: int = 1000) -> Summary:
+    """Load every case under ``path`` into ``site``; returns what was loaded and rejected."""
+    from .kb import KnowledgeBase
+
+    kb = KnowledgeBase.from_settings(settings)
+    stores = Stores(settings.data_dir)
+    store = stores.site(site)
+    store.set_ontology(kb.version, kb.ontology.graph, kb.reasoner.tbox_closure)
+    summary = Summary()
+    bar = Progress(progress) if progress is not None else None
+    started = time.perf_counter()
+    n_workers = workers if workers is not None else (settings.reasoning_workers or 2)
+
+    def take(results: list[tuple[int, str | None, Any]]) -> None:
+        quads: list[ox.Quad] = []
+        stored: list[str] = []
+        for position, case_id, outcome in sorted(results, key=lambda r: r[0]):
+            if isinstance(outcome, dict):
+                _reject(summary, position, case_id, outcome, keep_rejections)
+                continue
+            assert case_id is not None
+            if case_id in stored or store.exists(case_id):
+                _reject(summary, position, case_id, {"status": 409, "title": "Conflict",
+                                                     "detail": f"case {case_id!r} exists already"}, keep_rejections)
+                continue
+            graphs = CaseGraphs.of(site, case_id)
+            for graph, data in ((graphs.asserted, outcome[0]), (graphs.inferred, outcome[1])):
+                quads.extend(ox.Quad(t.subject, t.predicate, t.object, graph)
+                             for t in (q.triple for q in ox.parse(data, format=ox.RdfFormat.N_TRIPLES)))
+            stored.append(case_id)
+        if quads:
+            store.store.extend(quads)  # one transaction per batch: all of its valid cases, or none
+        summary.loaded += len(stored)
+        if bar:
+            bar.show(summary)
+
+    items = read_items(path)
+    if n_workers <= 0:
+        for batch in _batches(items, batch_size):
+            take(reason_batch(batch, site, kb))
+    else:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(settings,)) as pool:
+            pending: list[Future[list[tuple[int, str | None, Any]]]] = []
+            for batch in _batches(items, batch_size):
+                pending.append(pool.submit(reason_batch, batch, site))
+                while len(pending) >= 2 * n_workers:  # bounded memory: a few batches in flight
+                    take(pending.pop(0).result())
+            for future in pending:
+                take(future.result())
+    store.flush()
+    stores.close()
+    summary.seconds = time.perf_counter() - started
+    if bar:
+        bar.show(summary, final=True)
+    return summary
+
+
+def _reject(summary: Summary, position: int, case_id: str | None, problem: dict[str, Any], keep: int) -> None:
+    summary.rejected += 1
+    if len(summary.rejections) < keep:
+        summary.rejections.append({"index": position, "id": case_id, "problem": problem})
+
+
+def main(settings: Settings, path: Path, site: str, batch_size: int, workers: int | None) -> int:
+    if not path.exists():
+        print(f"kgservice: {path}: no such file or folder", file=sys.stderr)
+        return 2
+    summary = load(settings, path, site=site, batch_size=batch_size, workers=workers)
+    json.dump(summary.as_json(), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0 if summary.rejected == 0 else 1

@@ -1,0 +1,64 @@
+"""Batches give the same answers as single cases: the CLI array, bulk load and batch reasoning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kgservice.bulk import load
+from kgservice.config import Settings
+
+VIGNETTES = sorted((Path(__file__).parent / "data" / "vignettes").glob("*.json"))
+CASES = [json.loads(p.read_text())["case"] for p in VIGNETTES]
+
+
+def test_a_batch_answers_each_case_as_alone(kb: Any) -> None:
+    alone = [kb.answer_json(case) for case in CASES]
+    together = [r.answer for r in kb.reason([kb.read_json(case) for case in CASES])]
+    assert together == alone
+
+
+def test_batch_validation_reports_each_case_its_own_violations(kb: Any, make_case: Any) -> None:
+    good, bad = make_case(id="good"), make_case(id="bad", age=12)
+    reports = kb.check_many([kb.read_json(good), kb.read_json(bad), kb.read_json(make_case(id="ok2"))])
+    assert reports[0] == [] and reports[2] == []
+    assert [v.path for v in reports[1]] == ["age"]
+
+
+def test_cli_pathway_on_an_array_answers_in_order(tmp_path: Path) -> None:
+    cases = [*CASES[:3], {"id": "broken"}, CASES[3]]
+    file = tmp_path / "cases.json"
+    file.write_text(json.dumps(cases))
+    run = subprocess.run([sys.executable, "-m", "kgservice.cli", "pathway", str(file)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1  # one invalid case
+    answers = json.loads(run.stdout)
+    assert [a.get("case") for a in answers] == ["p01", "p02", "p03", None, "p04"]
+    assert answers[3]["status"] == 422 and answers[3]["violations"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bulk_load_stores_valid_cases_and_reports_the_rest(tmp_path: Path, workers: int) -> None:
+    lines = [json.dumps(c) for c in CASES] + ['{"id": "bad one"}', "not json", json.dumps(CASES[0])]
+    source = tmp_path / "cases.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    settings = Settings(data_dir=tmp_path / "data", auth_required=False)
+    summary = load(settings, source, batch_size=4, workers=workers, progress=None)
+    assert summary.loaded == len(CASES)
+    assert summary.rejected == 3
+    rejected = {r["index"]: r["problem"]["status"] for r in summary.rejections}
+    assert rejected == {len(CASES): 422, len(CASES) + 1: 400, len(CASES) + 2: 409}
+
+    from kgservice.api import create_app
+
+    client = create_app(settings).test_client()
+    assert client.get("/cases").get_json()["total"] == len(CASES)
+    for case in CASES:
+        stored = client.get(f"/cases/{case['id']}/pathway").get_json()
+        fresh = client.post("/pathway", json=case).get_json()
+        assert stored == fresh
