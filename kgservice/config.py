@@ -53,6 +53,11 @@ class Settings:
         return self.audit_log or self.data_dir / "audit.jsonl"
 
     @property
+    def cache_dir(self) -> Path | None:
+        """Where derived files (the ontology's closure per version) are kept; None: not kept."""
+        return self.data_dir / "cache" if self.data_dir.exists() else None
+
+    @property
     def tokens_path(self) -> Path:
         return self.data_dir / "tokens.json"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import pyoxigraph as ox
@@ -38,10 +39,10 @@ class Reasoned:
 
 class KnowledgeBase:
     def __init__(self, ontology: Ontology, case_shapes: Graph, engine: str = "reasonable",
-                 max_case_triples: int = 2_000) -> None:
+                 max_case_triples: int = 2_000, cache_dir: Path | None = None) -> None:
         self.ontology = ontology
         self.validator = CaseValidator(ontology, case_shapes)
-        self.reasoner = Reasoner(ontology, engine)
+        self.reasoner = Reasoner(ontology, engine, cache_dir=cache_dir)
         self.answers = AnswerBuilder(ontology)
         self.max_case_triples = max_case_triples
 
@@ -52,6 +53,7 @@ class KnowledgeBase:
             load_shapes(settings.shapes_dir / CASE_SHAPES),
             engine=settings.engine,
             max_case_triples=settings.max_case_triples,
+            cache_dir=settings.cache_dir,
         )
 
     @property

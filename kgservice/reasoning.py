@@ -127,14 +127,14 @@ class CaseInput:
 class Reasoner:
     """Infers conclusions for cases. Build once per ontology version; thread-safe."""
 
-    def __init__(self, ontology: Ontology, engine: str = "reasonable") -> None:
+    def __init__(self, ontology: Ontology, engine: str = "reasonable", cache_dir: Path | None = None) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.ontology = ontology
         self.engine = engine
         self._tbox = TBoxFile(ontology.tbox, ontology.digest)
         self._session = ENGINES[engine]
-        tbox_closure = list(self._session(self._tbox, ()).close())
+        tbox_closure = self._closed_tbox(cache_dir)
         self.tbox_closure = tuple(t for t in tbox_closure if _keep(t))
         # What SPARQL rules see besides the case: the ontology's individuals with their
         # inferred types and their values (parameters, order of care, urgency).
@@ -151,6 +151,23 @@ class Reasoner:
         self._rules = {
             stratum: [rule for rule in ontology.sparql_rules if rule.stratum == stratum] for stratum in ontology.strata
         }
+
+    def _closed_tbox(self, cache_dir: Path | None) -> list[Triple]:
+        """The OWL 2 RL closure of the ontology alone, computed once per ontology version and
+        engine, and kept in ``cache_dir`` (N-Triples, written whole or not at all)."""
+        cache = cache_dir / f"tbox-closure-{self.ontology.digest[:16]}-{self.engine}.nt" if cache_dir else None
+        if cache is not None and cache.exists():
+            return [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object))
+                    for q in ox.parse(path=str(cache), format=ox.RdfFormat.N_TRIPLES)]
+        closure = list(self._session(self._tbox, ()).close())
+        if cache is not None:
+            from .auth import write_atomically
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            body = ox.serialize([ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in closure],  # type: ignore[arg-type]
+                                format=ox.RdfFormat.N_TRIPLES)
+            write_atomically(cache, body)
+        return closure
 
     def infer(self, cases: Sequence[CaseInput]) -> dict[URIRef, set[Triple]]:
         """The inferred triples of each case. Cases are reasoned together, never with the store."""

@@ -36,6 +36,7 @@ class Service:
     def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, stores: Stores | None = None,
                  guard: bool = False) -> None:
         self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.kb = kb or KnowledgeBase.from_settings(settings)
         self.stores = stores or Stores(settings.data_dir)
         workers = settings.reasoning_workers or 0

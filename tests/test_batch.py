@@ -62,3 +62,15 @@ def test_bulk_load_stores_valid_cases_and_reports_the_rest(tmp_path: Path, worke
         stored = client.get(f"/cases/{case['id']}/pathway").get_json()
         fresh = client.post("/pathway", json=case).get_json()
         assert stored == fresh
+
+
+def test_the_ontology_closure_is_cached_per_version_and_gives_the_same_answers(tmp_path: Path) -> None:
+    from kgservice.kb import KnowledgeBase
+
+    settings = Settings(data_dir=tmp_path)
+    first = KnowledgeBase.from_settings(settings)
+    cached = list((tmp_path / "cache").glob("tbox-closure-*.nt"))
+    assert len(cached) == 1 and first.version.split("+")[1] in cached[0].name
+    second = KnowledgeBase.from_settings(settings)  # reads the cache
+    assert set(second.reasoner.tbox_closure) == set(first.reasoner.tbox_closure)
+    assert [second.answer_json(c) for c in CASES] == [first.answer_json(c) for c in CASES]
