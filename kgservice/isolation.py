@@ -62,13 +62,38 @@ def _failure(exc: BaseException) -> tuple[str, int, dict[str, Any]]:
 _fork_lock = threading.Lock()
 
 
-def run_forked(fn: Callable[[], Any], timeout: float) -> Any:
-    """Run ``fn`` in a forked child and return its (picklable) result, or raise.
+#: How long a forked child may take to get its snapshot of the store before it is presumed
+#: stuck and forked again. A child can inherit a RocksDB mutex that a background thread of
+#: the parent held at the moment of the fork (seen right after a store is opened, while
+#: RocksDB flushes and compacts); such a child would wait forever.
+START_GRACE_S = 1.0
+START_ATTEMPTS = 4
+_STARTED = b"S"
 
-    The child inherits the open Oxigraph store and only reads it. It is killed when the
-    time limit passes; the result of a child that outgrows no limit is read as it is written,
-    so a large result cannot block on a full pipe.
+
+class _Stuck(Exception):
+    pass
+
+
+def run_forked(fn: Callable[[Callable[[], None]], Any], timeout: float) -> Any:
+    """Run ``fn(started)`` in a forked child and return its (picklable) result, or raise.
+
+    The child inherits the open Oxigraph store and only reads it. ``fn`` calls
+    ``started()`` once it holds its snapshot of the store (``Store.query`` has returned);
+    a child that does not within ``START_GRACE_S`` is killed and forked again. The child is
+    killed when the time limit passes; its result is read as it is written, so a large
+    result cannot block on a full pipe.
     """
+    deadline = time.monotonic() + timeout
+    for _attempt in range(START_ATTEMPTS):
+        try:
+            return _run_child(fn, deadline, timeout)
+        except _Stuck:
+            continue
+    raise TimeLimit("the store was busy and the query could not start; try again")
+
+
+def _run_child(fn: Callable[[Callable[[], None]], Any], deadline: float, timeout: float) -> Any:
     read_end, write_end = os.pipe()
     with _fork_lock, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns on fork with threads
@@ -76,28 +101,37 @@ def run_forked(fn: Callable[[], Any], timeout: float) -> Any:
     if pid == 0:  # the child
         os.close(read_end)
         try:
+            def started() -> None:
+                os.write(write_end, _STARTED)
+
             try:
-                payload = pickle.dumps(("ok", fn()), protocol=pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps(("ok", fn(started)), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
                 payload = pickle.dumps(_failure(exc))
-            view = memoryview(payload)
+            view = memoryview(_STARTED + payload)  # a child that failed before starting says so too
             while view:
                 view = view[os.write(write_end, view):]
         finally:
             os._exit(0)
     os.close(write_end)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
+    grace = time.monotonic() + START_GRACE_S
+    has_started = False
     try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if not has_started and now > grace:
+                raise _Stuck()
+            if now >= deadline:
                 raise TimeLimit(f"the query ran longer than {timeout:g} s and was stopped; narrow it or add LIMIT")
-            ready, _, _ = select.select([read_end], [], [], min(left, 0.25))
+            ready, _, _ = select.select([read_end], [], [], min(deadline - now, 0.05 if not has_started else 0.25))
             if ready:
                 chunk = os.read(read_end, 1 << 20)
                 if not chunk:
                     break
+                if not has_started:
+                    has_started = True
+                    chunk = chunk[1:]
                 chunks.append(chunk)
     finally:
         os.close(read_end)
@@ -106,9 +140,12 @@ def run_forked(fn: Callable[[], Any], timeout: float) -> Any:
         except ProcessLookupError:
             pass
         os.waitpid(pid, 0)
-    if not chunks:
+    data = b"".join(chunks)
+    while data.startswith(_STARTED):  # the marker of a child that failed before starting
+        data = data[1:]
+    if not data:
         raise RemoteProblem(500, _failure(RuntimeError())[2])
-    result = pickle.loads(b"".join(chunks))
+    result = pickle.loads(data)
     if result[0] == "ok":
         return result[1]
     raise RemoteProblem(result[1], result[2])

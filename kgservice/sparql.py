@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -72,8 +72,9 @@ def run_limited(query: str, options: dict[str, Any]) -> Response:
     store = svc.site_store(site()).store
     select_media, graph_media = _acceptable(SELECT_FORMATS), _acceptable(GRAPH_FORMATS)
     max_rows = svc.settings.query_max_rows
-    media, body = run_forked(lambda: execute(store, query, options, select_media, graph_media, max_rows),
-                             svc.settings.query_timeout_s)
+    media, body = run_forked(
+        lambda started: execute(store, query, options, select_media, graph_media, max_rows, started),
+        svc.settings.query_timeout_s)
     return Response(body, mimetype=media)
 
 
@@ -85,12 +86,13 @@ def _acceptable(offers: list[str]) -> str | None:
 
 
 def execute(store: ox.Store, query: str, options: dict[str, Any], select_media: str | None,
-            graph_media: str | None, max_rows: int) -> tuple[str, bytes]:
+            graph_media: str | None, max_rows: int, started: Callable[[], None] = lambda: None) -> tuple[str, bytes]:
     """Run and serialize a query: ``(media type, body)``. Runs in the forked child."""
     try:
         result = store.query(query, **options)
     except SyntaxError as exc:
         raise QueryError(f"the query does not parse: {exc}") from None
+    started()  # the child holds its snapshot: from here on it only evaluates
     if isinstance(result, ox.QuerySolutions | ox.QueryBoolean):
         if select_media is None:
             raise NotAcceptable(f"a SELECT or ASK result can be sent as {', '.join(SELECT_FORMATS)}")
