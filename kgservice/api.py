@@ -6,14 +6,16 @@ and the stores. Domain exceptions become RFC 9457 problems in one place (``_prob
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
 
 import pyoxigraph as ox
-from flask import Blueprint, Flask, Response, request, url_for
+from flask import Blueprint, Flask, Response, current_app, request, url_for
 from rdflib import Graph
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from . import access
 from .access import note, requires
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["esi"] = service or Service(settings)
     access.install(app, settings)
+    app.before_request(_bounded_stream)
 
     from .queries import bp as queries_bp
     from .sparql import bp as sparql_bp
@@ -64,6 +67,25 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_headers)
     return app
+
+
+def _bounded_stream() -> None:
+    """``before_request``: a body streamed without Content-Length (chunked) over the limit gets 413.
+
+    Werkzeug cuts such a body at ``MAX_CONTENT_LENGTH`` without a word, so a view would read a
+    truncated case or query. Read it here, up to one byte past the limit, and hand the views
+    the whole body with its length.
+    """
+    environ = request.environ
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None or "wsgi.input_terminated" not in environ or limit is None:
+        return
+    data = get_input_stream(environ, max_content_length=limit + 1).read()
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    environ["wsgi.input"] = io.BytesIO(data)
+    environ["CONTENT_LENGTH"] = str(len(data))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -83,7 +105,10 @@ def problem(status: int, title: str, detail: str = "", slug: str | None = None, 
 
 def _domain_error(exc: ESIError) -> Response:
     body = exc.problem()
-    return Response(json.dumps(body, ensure_ascii=False, default=str), status=exc.status, mimetype=PROBLEM)
+    response = Response(json.dumps(body, ensure_ascii=False, default=str), status=exc.status, mimetype=PROBLEM)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="esi-kg"'
+    return response
 
 
 def _http_error(exc: HTTPException) -> Response:

@@ -24,8 +24,9 @@ from .errors import InvalidCase, MalformedInput, Violation
 from .ontology import CASE_BASE, ESI, local_name
 from .terms import from_ox
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# \Z, not $: "$" also matches before a final newline, and "p01\n" is no id (nor a code, nor a site).
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MAX_JSON_DEPTH = 16
 
 RDF_FORMATS = {
@@ -116,7 +117,7 @@ class CaseGraph:
 
 
 DEFAULT_SITE = "default"
-SITE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+SITE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
 
 
 def case_iri(case_id: str, site: str = DEFAULT_SITE) -> URIRef:
@@ -325,7 +326,12 @@ def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_tripl
     iri = case_iri(case_id, site)
 
     rename: dict[Node, Node] = {original: iri}
-    reachable = _reachable(original, triples)
+    try:
+        reachable = _reachable(original, triples)
+    except MalformedInput as exc:
+        if problems:  # schema triples (e.g. an owl:sameAs chain) make it a contract violation: 422
+            raise InvalidCase([*problems, Violation("$", exc.detail)]) from None
+        raise
     for n, node in enumerate(sorted((s for s in reachable if s != original), key=str)):
         rename[node] = URIRef(f"{iri}/node/{n}")
     graph = Graph()

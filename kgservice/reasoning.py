@@ -28,7 +28,7 @@ from typing import Protocol
 
 import owlrl
 import pyoxigraph as ox
-from rdflib import OWL, RDF, BNode, Graph, URIRef
+from rdflib import OWL, RDF, BNode, Graph, Literal, URIRef
 from rdflib.term import Node
 
 from .explain import Facts, derivations
@@ -159,7 +159,8 @@ class Reasoner:
         if cache is not None and cache.exists():
             return [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object))
                     for q in ox.parse(path=str(cache), format=ox.RdfFormat.N_TRIPLES)]
-        closure = list(self._session(self._tbox, ()).close())
+        # owlrl also derives generalised triples (a literal as subject); RDF has no place for them.
+        closure = [t for t in self._session(self._tbox, ()).close() if not isinstance(t[0], Literal)]
         if cache is not None:
             from .auth import write_atomically
 
