@@ -22,7 +22,7 @@ from .access import note, requires
 from .config import Settings
 from .errors import ESIError, InvalidCase, Violation
 from .service import Service
-from .terms import to_ox
+from .terms import triple_to_ox
 from .web import negotiate, service, site
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def _headers(response: Response) -> Response:
 
 
 def rdf_response(graph: Graph, media_type: str, status: int = 200) -> Response:
-    triples = [ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in graph]  # type: ignore[arg-type]
+    triples = [triple_to_ox(t) for t in graph]
     prefixes = PREFIXES if media_type == TURTLE else None
     body = ox.serialize(triples, format=RDF_OUT[media_type], prefixes=prefixes)
     return Response(body, status=status, mimetype=media_type)

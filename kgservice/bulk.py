@@ -24,7 +24,7 @@ from .cases import DEFAULT_SITE, load_json
 from .config import Settings
 from .errors import ESIError, InvalidCase, MalformedInput
 from .store import CaseGraphs, Stores
-from .terms import to_ox
+from .terms import triple_to_ox
 
 Item = tuple[int, Any]  # (position in the input, the case or a read error)
 
@@ -105,10 +105,8 @@ def reason_batch(items: list[Item], site: str, kb: Any = None) -> list[tuple[int
             valid.append((position, case))
     reasoned_all = kb.reason_valid([c for _, c in valid], answers=False)
     for (position, case), reasoned in zip(valid, reasoned_all, strict=True):
-        asserted = ox.serialize([ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in case.graph],
-                                format=ox.RdfFormat.N_TRIPLES)
-        inferred = ox.serialize([ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in reasoned.inferred],
-                                format=ox.RdfFormat.N_TRIPLES)
+        asserted = ox.serialize([triple_to_ox(t) for t in case.graph], format=ox.RdfFormat.N_TRIPLES)
+        inferred = ox.serialize([triple_to_ox(t) for t in reasoned.inferred], format=ox.RdfFormat.N_TRIPLES)
         results.append((position, case.id, (asserted, inferred)))
     return results
 

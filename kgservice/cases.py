@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, cast
 
 import pyoxigraph as ox
 from rdflib import OWL, RDF, RDFS, XSD, Graph, Literal, URIRef
@@ -312,7 +312,7 @@ def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_tripl
         raise MalformedInput(f"not valid {media_type}: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"not valid {media_type}: {exc}") from None
-    triples = [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object)) for q in quads]
+    triples: list[Triple] = [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object)) for q in quads]
 
     problems = [Violation("$", msg) for msg in _schema_problems(triples)]
     cases = sorted({s for s, p, o in triples if p == RDF.type and o == ESI.PatientCase}, key=str)
@@ -417,12 +417,12 @@ def observations(graph: Graph, case: URIRef) -> list[Triple]:
     injected = _date(graph.value(injection, ESI.performedOn)) if injection is not None else None
     if injected is None:
         return []
-    scores = []
+    scores: list[tuple[int, int, Node]] = []  # (days after the injection, score, score node)
     for node in graph.objects(case, ESI.hasPainScore):
         when = _date(graph.value(node, ESI.observedOn))
-        value = graph.value(node, ESI.scoreValue)
-        if when is not None and value is not None:
-            scores.append(((when - injected).days, int(value), node))
+        score = graph.value(node, ESI.scoreValue)
+        if when is not None and score is not None:
+            scores.append(((when - injected).days, int(cast(Literal, score)), node))
     out: list[Triple] = [(node, ESI.daysAfterInjection, Literal(days)) for days, _, node in scores]
     before = [s for s in scores if s[0] <= 0]
     if not before:

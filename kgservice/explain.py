@@ -52,7 +52,9 @@ def derivations(ontology: Ontology, case: URIRef, facts: Facts) -> Iterator[Trip
     """
     for prop in CONCLUSION_PROPERTIES:
         for value in sorted(facts.objects(case, prop), key=str):
-            for rule in ontology.owl_rules.get((prop, value), ()):  # type: ignore[call-overload]
+            if not isinstance(value, URIRef):
+                continue  # OWL rules conclude named terms only
+            for rule in ontology.owl_rules.get((prop, value), ()):
                 if (case, RDF.type, rule.term.iri) not in facts:
                     continue
                 matched: list[Triple] = []
@@ -83,7 +85,9 @@ def _match(ontology: Ontology, expr: Expr, case: Node, facts: Facts, opened: set
         t = (case, expr.prop, expr.value)
         return [t] if t in facts else None
     if isinstance(expr, SomeValues):
-        hits = [(case, expr.prop, o) for o in facts.objects(case, expr.prop) if (o, RDF.type, expr.cls) in facts]
+        hits: list[Triple] = [
+            (case, expr.prop, o) for o in facts.objects(case, expr.prop) if (o, RDF.type, expr.cls) in facts
+        ]
         return hits or None
     if isinstance(expr, AllOf):
         out: list[Triple] = []
@@ -94,8 +98,8 @@ def _match(ontology: Ontology, expr: Expr, case: Node, facts: Facts, opened: set
             out.extend(found)
         return out
     if isinstance(expr, AnyOf):
-        hits = [f for part in expr.parts if (f := _match(ontology, part, case, facts, opened)) is not None]
-        return [t for f in hits for t in f] if hits else None
+        matched = [f for part in expr.parts if (f := _match(ontology, part, case, facts, opened)) is not None]
+        return [t for f in matched for t in f] if matched else None
     raise TypeError(f"unknown class expression {expr!r}")
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from urllib.parse import urljoin
 
 from .errors import QueryError
@@ -57,7 +57,7 @@ def _tokens(query: str) -> Iterator[tuple[str, str]]:
             yield kind, match.group()
 
 
-def check_query(query: str, default_graphs: list[str] = (), named_graphs: list[str] = ()) -> None:  # type: ignore[assignment]
+def check_query(query: str, default_graphs: Iterable[str] = (), named_graphs: Iterable[str] = ()) -> None:
     """Raise :class:`QueryError` (400) if the query could reach outside the dataset."""
     prefixes: dict[str, str] = {}
     base = ""

@@ -168,7 +168,7 @@ def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id
     """Read, validate and reason one case: the work a worker does, also callable in-process."""
     from .cases import RDF_FORMATS, load_json
     from .errors import InvalidCase, UnsupportedMediaType
-    from .terms import to_ox
+    from .terms import triple_to_ox
 
     kind = (media_type or "").split(";", 1)[0].strip().lower()
     accepted = ", ".join(("application/json", *RDF_FORMATS))
@@ -185,7 +185,7 @@ def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id
     reasoned = kb.reason_valid([case])[0]
 
     def triples(source: Any) -> list[ox.Triple]:
-        return [ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in source]  # type: ignore[arg-type]
+        return [triple_to_ox(t) for t in source]
 
     return Outcome(case.id, reasoned.answer, triples(case.graph), triples(reasoned.inferred))
 

@@ -16,6 +16,7 @@ from typing import Any
 import pyoxigraph as ox
 from rdflib import Graph, Literal, URIRef
 from rdflib.namespace import SH
+from rdflib.term import Node
 
 from . import cases
 from .cases import CASE_FIELDS, CaseGraph
@@ -106,8 +107,8 @@ class KnowledgeBase:
 
     def answer_from_graphs(self, case: CaseGraph, inferred: set[Triple]) -> dict[str, Any]:
         store = ox.Store()
-        store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
-        store.extend(triples_to_ox(inferred, ox.DefaultGraph()))  # type: ignore[arg-type]
+        store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))
+        store.extend(triples_to_ox(inferred, ox.DefaultGraph()))
         return self.answers.answer(store, case.iri, case.id)
 
     def answer_json(self, data: Any) -> dict[str, Any]:
@@ -119,19 +120,20 @@ class KnowledgeBase:
         """Every accepted code by contract field, then the codes answers use."""
         onto = self.ontology
         shapes = self.validator.shapes
-        parents = {spec.prop: name for name, spec in CASE_FIELDS.items() if spec.fields}
+        parents: dict[Node, str] = {spec.prop: name for name, spec in CASE_FIELDS.items() if spec.fields}
         groups: dict[str, list[dict[str, str]]] = {}
         for prop_shape, name in shapes.subject_objects(SH.name):
             path = shapes.value(prop_shape, SH.path)
             cls = shapes.value(prop_shape, SH["class"]) or next(  # or on the shape of the values themselves
                 (shapes.value(v, SH["class"]) for v in shapes.subjects(SH.targetObjectsOf, path)
                  if shapes.value(v, SH["class"]) is not None), None)
-            if cls is None or not onto.members(URIRef(cls)):
+            if cls is None or not onto.members(URIRef(str(cls))):
                 continue
             owner = shapes.value(None, SH.property, prop_shape)
-            parent = parents.get(shapes.value(owner, SH.targetObjectsOf)) if owner is not None else None  # type: ignore[call-overload]
+            target = shapes.value(owner, SH.targetObjectsOf) if owner is not None else None
+            parent = parents.get(target) if target is not None else None
             field = f"{parent}.{name}" if parent else str(name)
-            groups[field] = [self._entry(t) for t in onto.members(URIRef(cls))]
+            groups[field] = [self._entry(t) for t in onto.members(URIRef(str(cls)))]
         answers = {
             "response.category": ESI.ResponseCategory, "pain_sources": ESI.AnatomicalPainSource,
             "failure_causes": ESI.FailureCause, "pathways": ESI.CarePathway, "pathways.urgency": ESI.Urgency,

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 from rdflib import OWL, RDF, RDFS, SKOS, BNode, Graph, Literal, Namespace, URIRef
 from rdflib.collection import Collection
@@ -184,11 +185,11 @@ class Ontology:
 
     def is_subclass(self, sub: Node, sup: Node) -> bool:
         """Whether ``sub`` is a (direct or indirect) subclass of ``sup`` in the ontology as written."""
-        return sup in self._superclasses.get(sub, frozenset())  # type: ignore[call-overload]
+        return sup in self._superclasses.get(sub, frozenset())
 
     @cached_property
     def _superclasses(self) -> dict[Node, frozenset[Node]]:
-        return {c: frozenset(self.graph.transitive_objects(c, RDFS.subClassOf)) - {c}
+        return {c: frozenset(o for o in self.graph.transitive_objects(c, RDFS.subClassOf) if o is not None) - {c}
                 for c in set(self.graph.subjects(RDFS.subClassOf, None))}
 
     def coded_term(self, code: str) -> URIRef:
@@ -209,7 +210,7 @@ class Ontology:
         for s, p, o in self.graph:
             if p == RDF.type and isinstance(o, URIRef) and o.startswith(str(SH)):
                 continue
-            if p in _LOGICAL or (p.startswith(str(OWL)) and p not in _NOT_LOGICAL_OWL):
+            if p in _LOGICAL or (isinstance(p, URIRef) and p.startswith(str(OWL)) and p not in _NOT_LOGICAL_OWL):
                 keep.append((s, p, o))
         return tuple(keep)
 
@@ -226,8 +227,8 @@ class Ontology:
             rules.append(
                 SparqlRule(
                     term=self.term(rule),
-                    stratum=int(stratum) if stratum is not None else 1,
-                    order=float(order) if order is not None else 0.0,
+                    stratum=int(cast(Literal, stratum)) if stratum is not None else 1,
+                    order=float(cast(Literal, order)) if order is not None else 0.0,
                     query=text,
                     batch_query=self._batch_form(rule, text),
                 )
@@ -275,8 +276,8 @@ class Ontology:
             if prop not in CONCLUSION_PROPERTIES or not isinstance(value, URIRef):
                 continue
             conditions = self.conditions_of(rule_cls)
-            found.setdefault((URIRef(prop), value), []).append(
-                OwlRule(term=self.term(rule_cls), prop=URIRef(prop), value=value, conditions=conditions)
+            found.setdefault((URIRef(str(prop)), value), []).append(
+                OwlRule(term=self.term(rule_cls), prop=URIRef(str(prop)), value=value, conditions=conditions)
             )
         return {k: tuple(v) for k, v in found.items()}
 
@@ -305,9 +306,9 @@ class Ontology:
             return AnyOf(tuple(self._expr(m) for m in Collection(g, members)))
         prop = g.value(node, OWL.onProperty)
         if prop is not None and (value := g.value(node, OWL.hasValue)) is not None:
-            return HasValue(URIRef(prop), value)
+            return HasValue(URIRef(str(prop)), value)
         if prop is not None and isinstance(cls := g.value(node, OWL.someValuesFrom), URIRef):
-            return SomeValues(URIRef(prop), cls)
+            return SomeValues(URIRef(str(prop)), cls)
         raise OntologyError(f"class expression {node} is outside what ESI-KG rules may use")
 
     # -- answers ---------------------------------------------------------------------
@@ -320,15 +321,15 @@ class Ontology:
                 urgency = self.graph.value(pw, ESI.hasUrgency)
                 follows = self.graph.value(pw, ESI.urgencyFollows)
                 info[pw] = PathwayInfo(
-                    order=int(order),
-                    urgency=URIRef(urgency) if urgency is not None else None,
-                    urgency_follows=URIRef(follows) if follows is not None else None,
+                    order=int(cast(Literal, order)),
+                    urgency=URIRef(str(urgency)) if urgency is not None else None,
+                    urgency_follows=URIRef(str(follows)) if follows is not None else None,
                 )
         return info
 
     @cached_property
     def urgency_rank(self) -> dict[URIRef, int]:
-        return {URIRef(u): int(r) for u, r in self.graph.subject_objects(ESI.urgencyRank)}
+        return {URIRef(str(u)): int(cast(Literal, r)) for u, r in self.graph.subject_objects(ESI.urgencyRank)}
 
     # -- value sets ------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import pyoxigraph as ox
 from rdflib import URIRef
 
 from .ontology import ESI, Ontology, Term
-from .terms import from_ox
+from .terms import from_ox, solutions
 
 _CATEGORY = ESI.hasResponseCategory
 _FACETS = {
@@ -56,7 +56,7 @@ class AnswerBuilder:
             scope["default_graph"] = list(graphs)
 
         conclusions: dict[tuple[URIRef, URIRef], dict[str, Any]] = {}
-        for row in store.query(self._conclusions, **scope):  # type: ignore[union-attr]
+        for row in solutions(store.query(self._conclusions, **scope)):
             prop, value = URIRef(row["prop"].value), URIRef(row["value"].value)
             entry = conclusions.setdefault((prop, value), {"rule": None, "because": []})
             if row["rule"] is not None:
@@ -64,8 +64,8 @@ class AnswerBuilder:
             if row["because"] is not None and row["because"].value not in entry["because"]:
                 entry["because"].append(row["because"].value)
 
-        observed = next(iter(store.query(self._observations, **scope)), None)  # type: ignore[call-overload]
-        flags = self._flags(store.query(self._red_flags, **scope))  # type: ignore[arg-type]
+        observed = next(iter(solutions(store.query(self._observations, **scope))), None)
+        flags = self._flags(solutions(store.query(self._red_flags, **scope)))
 
         category = next((v for (p, v) in conclusions if p == _CATEGORY), None)
         response: dict[str, Any] = {
@@ -123,7 +123,7 @@ class AnswerBuilder:
         ]
         return self._code(max(inherited, key=lambda u: ranks.get(u, 0))) if inherited else None
 
-    def _flags(self, rows: Any) -> list[dict[str, str]]:
+    def _flags(self, rows: ox.QuerySolutions) -> list[dict[str, str]]:
         codes = {URIRef(row["type"].value) for row in rows if self.ontology.is_code(URIRef(row["type"].value))}
         return [{"code": self._code(c), "label": self.ontology.term(c).label}
                 for c in sorted(codes, key=self._code)]
@@ -132,6 +132,6 @@ class AnswerBuilder:
 def _number(row: Any, name: str) -> int | float | None:
     if row is None or row[name] is None:
         return None
-    value = from_ox(row[name]).toPython()  # type: ignore[union-attr]
+    value = from_ox(row[name]).toPython()
     as_float = float(value)
     return int(as_float) if as_float.is_integer() and "." not in str(row[name].value) else as_float

@@ -19,6 +19,7 @@ from rdflib.term import Node
 from .config import Settings
 from .errors import OntologyError
 from .ontology import CASE_BASE, Ontology
+from .terms import Substitutions
 from .validation import ONTOLOGY_SHAPES, load_shapes, validate_ontology
 
 #: What the ``owl:Ontology`` header must state.
@@ -242,9 +243,9 @@ def sparql_rule_problems(ontology: Ontology) -> Iterator[Problem]:
 
 
 def _rule_error(store: ox.Store, query: str, prefix_lines: int) -> str | None:
-    this = {ox.Variable("this"): ox.NamedNode(CASE_BASE + "check")}
+    this: Substitutions = {ox.Variable("this"): ox.NamedNode(CASE_BASE + "check")}
     try:
-        result = store.query(query, substitutions=this)  # type: ignore[arg-type]
+        result = store.query(query, substitutions=this)
     except SyntaxError as exc:
         return f"sh:construct does not parse: {_construct_position(str(exc), prefix_lines)}"
     except RuntimeError as exc:  # e.g. a query that never uses $this

@@ -21,7 +21,7 @@ import atexit
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +33,7 @@ from rdflib.term import Node
 
 from .explain import Facts, derivations
 from .ontology import CASE_BASE, ESI, Ontology, Triple
-from .terms import from_ox, to_ox, triples_to_ox
+from .terms import Substitutions, constructed, from_ox, serialized, triple_to_ox, triples_to_ox
 
 _RULE_GRAPH = ox.DefaultGraph()
 _DROP_TYPES = {OWL.Thing, OWL.NamedIndividual}
@@ -87,7 +87,9 @@ class OwlrlSession:
         return self.close()
 
 
-ENGINES = {"reasonable": ReasonableSession, "owlrl": OwlrlSession}
+ENGINES: dict[str, Callable[[TBoxFile, Sequence[Triple]], Session]] = {
+    "reasonable": ReasonableSession, "owlrl": OwlrlSession,
+}
 
 
 class TBoxFile:
@@ -138,7 +140,7 @@ class Reasoner:
         self.tbox_closure = tuple(t for t in tbox_closure if _keep(t))
         # What SPARQL rules see besides the case: the ontology's individuals with their
         # inferred types and their values (parameters, order of care, urgency).
-        support = {
+        support: set[Triple] = {
             (s, p, o) for s, p, o in tbox_closure
             if isinstance(s, URIRef) and p == RDF.type and isinstance(o, URIRef) and o not in _DROP_TYPES
         }
@@ -146,7 +148,7 @@ class Reasoner:
             t for t in ontology.graph
             if isinstance(t[0], URIRef) and isinstance(t[1], URIRef) and t[1].startswith(str(ESI))
         )
-        self._support = [ox.Quad(to_ox(s), to_ox(p), to_ox(o), _RULE_GRAPH) for s, p, o in support]  # type: ignore[arg-type]
+        self._support = list(triples_to_ox(support, _RULE_GRAPH))
         self._individual_types = Facts(t for t in support if t[1] == RDF.type)
         self._rules = {
             stratum: [rule for rule in ontology.sparql_rules if rule.stratum == stratum] for stratum in ontology.strata
@@ -165,8 +167,7 @@ class Reasoner:
             from .auth import write_atomically
 
             cache.parent.mkdir(parents=True, exist_ok=True)
-            body = ox.serialize([ox.Triple(to_ox(s), to_ox(p), to_ox(o)) for s, p, o in closure],  # type: ignore[arg-type]
-                                format=ox.RdfFormat.N_TRIPLES)
+            body = serialized([triple_to_ox(t) for t in closure], format=ox.RdfFormat.N_TRIPLES)
             write_atomically(cache, body)
         return closure
 
@@ -200,20 +201,21 @@ class Reasoner:
             return []
         store = ox.Store()
         store.extend(self._support)
-        store.extend(triples_to_ox(facts, _RULE_GRAPH))  # type: ignore[arg-type]
+        store.extend(triples_to_ox(facts, _RULE_GRAPH))
         produced: list[Triple] = []
         iris = {c.iri for c in cases}
         for rule in rules:
+            runs: list[tuple[str, Substitutions]]
             if len(cases) > 1 and rule.batch_query is not None:
                 runs = [(rule.batch_query, {})]  # every case in one run
             else:
                 runs = [(rule.query, {ox.Variable("this"): ox.NamedNode(str(c.iri))}) for c in cases]
             for query, binding in runs:
-                new = list(store.query(query, substitutions=binding))
+                new = list(constructed(store.query(query, substitutions=binding)))
                 if not new:
                     continue
                 store.extend(ox.Quad(t.subject, t.predicate, t.object, _RULE_GRAPH) for t in new)
-                triples = [(from_ox(t.subject), from_ox(t.predicate), from_ox(t.object)) for t in new]
+                triples: list[Triple] = [(from_ox(t.subject), from_ox(t.predicate), from_ox(t.object)) for t in new]
                 produced.extend(triples)
                 produced.extend(_record_rule(rule.term.iri, iris, triples))
         return produced

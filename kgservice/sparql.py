@@ -21,6 +21,7 @@ from .access import note, query_hash, requires
 from .errors import ESIError, NotAcceptable, QueryError, UnsupportedMediaType
 from .guard import check_query
 from .isolation import run_forked
+from .terms import serialized
 from .web import negotiate, service, site
 
 bp = Blueprint("sparql", __name__)
@@ -106,7 +107,7 @@ def execute(store: ox.Store, query: str, options: dict[str, Any], select_media: 
     triples = _capped(result, max_rows)
     fmt = {"text/turtle": ox.RdfFormat.TURTLE, "application/n-triples": ox.RdfFormat.N_TRIPLES,
            "application/ld+json": ox.RdfFormat.JSON_LD}[graph_media]
-    return graph_media, ox.serialize(triples, format=fmt)
+    return graph_media, serialized(triples, format=fmt)
 
 
 def _read_request() -> tuple[str | None, list[str], list[str]]:
@@ -141,7 +142,7 @@ def _read_request() -> tuple[str | None, list[str], list[str]]:
 
 
 def _capped(items: Iterable[Any], limit: int) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for item in items:
         if len(out) >= limit:
             raise RowLimit(f"the result has more than {limit} rows; add LIMIT or narrow the query")

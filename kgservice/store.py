@@ -18,14 +18,14 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pyoxigraph as ox
 
 from .cases import SITE_PATTERN, case_iri
 from .errors import Conflict, NotFound
 from .ontology import ESI, Triple
-from .terms import from_ox, triples_to_ox
+from .terms import Substitutions, from_ox, solutions, triples_to_ox
 
 GRAPH_BASE = "https://w3id.org/esi-kg/graph/"
 ONTOLOGY_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology")
@@ -82,7 +82,7 @@ class OxigraphSite:
 
     def ontology_version(self) -> str | None:
         for quad in self.store.quads_for_pattern(ONTOLOGY_GRAPH, _VERSION, None, ONTOLOGY_GRAPH):
-            return str(quad.object.value)
+            return str(cast(ox.Literal, quad.object).value)  # the version literal set_ontology writes
         return None
 
     def set_ontology(self, version: str, ontology: Iterable[Triple], closure: Iterable[Triple]) -> None:
@@ -144,7 +144,7 @@ class OxigraphSite:
     def case_ids(self, category: str | None = None, pathway: str | None = None, limit: int = 50,
                  offset: int = 0) -> tuple[list[str], int]:
         """Ids of stored cases, optionally only those with a category and/or a pathway, by id."""
-        binds: dict[ox.Variable, ox.NamedNode] = {}
+        binds: Substitutions = {}
         if category is not None:
             binds[ox.Variable("category")] = ox.NamedNode(str(ESI[category]))
         if pathway is not None:
@@ -153,7 +153,7 @@ class OxigraphSite:
         if pathway is not None:
             query = query.replace("OPTIONAL { ?case esi:hasApplicablePathway ?pathway }",
                                   "?case esi:hasApplicablePathway ?pathway")
-        ids = sorted({_tail(row["case"].value) for row in self.store.query(query, substitutions=binds)})  # type: ignore[union-attr]
+        ids = sorted({_tail(row["case"].value) for row in solutions(self.store.query(query, substitutions=binds))})
         return ids[offset:offset + limit], len(ids)
 
     def query(self, sparql: str, **options: Any) -> Any:

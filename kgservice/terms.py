@@ -1,8 +1,13 @@
-"""Conversion between rdflib terms (reasoners, pyshacl) and pyoxigraph terms (parsing, store)."""
+"""Conversion between rdflib terms (reasoners, pyshacl) and pyoxigraph terms (parsing, store).
+
+Also the types pyoxigraph's stubs leave wide: what ``Store.query`` returns for one query
+form, and what ``ox.serialize`` returns when it writes to memory.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 import pyoxigraph as ox
 from rdflib import BNode, Literal, URIRef
@@ -10,6 +15,11 @@ from rdflib.term import Node
 
 XSD_STRING = "http://www.w3.org/2001/XMLSchema#string"
 RDF_LANG_STRING = "http://www.w3.org/1999/02/22-rdf-syntax-ns#langString"
+
+#: What ``Store.query(substitutions=...)`` binds variables to.
+Substitutions = dict[ox.Variable, ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple]
+QueryResult = ox.QuerySolutions | ox.QueryBoolean | ox.QueryTriples
+_Subject = ox.NamedNode | ox.BlankNode
 
 
 def to_ox(term: Node) -> ox.NamedNode | ox.BlankNode | ox.Literal:
@@ -26,7 +36,7 @@ def to_ox(term: Node) -> ox.NamedNode | ox.BlankNode | ox.Literal:
     raise TypeError(f"not an RDF term: {term!r}")
 
 
-def from_ox(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple | ox.DefaultGraph) -> Node:
+def from_ox(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple | ox.DefaultGraph) -> URIRef | BNode | Literal:
     if isinstance(term, ox.NamedNode):
         return URIRef(term.value)
     if isinstance(term, ox.BlankNode):
@@ -41,9 +51,32 @@ def from_ox(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple | ox.Defa
     raise TypeError(f"unsupported RDF term: {term!r}")
 
 
-def triples_to_ox(triples: Iterable[tuple[Node, Node, Node]], graph: ox.NamedNode) -> Iterator[ox.Quad]:
+def triple_to_ox(triple: tuple[Node, Node, Node]) -> ox.Triple:
+    # RDF puts IRIs or blank nodes in subject position and IRIs in predicate position;
+    # the casts say so to the type checker, and Oxigraph still raises TypeError on anything else.
+    s, p, o = triple
+    return ox.Triple(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o))
+
+
+def triples_to_ox(triples: Iterable[tuple[Node, Node, Node]], graph: ox.NamedNode | ox.DefaultGraph
+                  ) -> Iterator[ox.Quad]:
     for s, p, o in triples:
-        yield ox.Quad(to_ox(s), to_ox(p), to_ox(o), graph)  # type: ignore[arg-type]
+        yield ox.Quad(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o), graph)
+
+
+def solutions(result: QueryResult) -> ox.QuerySolutions:
+    """The result of a query known to be a SELECT."""
+    return cast(ox.QuerySolutions, result)
+
+
+def constructed(result: QueryResult) -> ox.QueryTriples:
+    """The result of a query known to be a CONSTRUCT."""
+    return cast(ox.QueryTriples, result)
+
+
+def serialized(triples: Iterable[ox.Triple], format: ox.RdfFormat, prefixes: dict[str, str] | None = None) -> bytes:
+    """``ox.serialize`` into memory, which returns bytes (None is for when it is given an output)."""
+    return cast(bytes, ox.serialize(triples, format=format, prefixes=prefixes))
 
 
 def _safe_bnode_id(value: str) -> str:

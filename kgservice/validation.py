@@ -17,7 +17,7 @@ from rdflib.term import Node
 from .cases import CaseGraph
 from .errors import OntologyError, Violation
 from .ontology import Ontology, Triple
-from .terms import from_ox, to_ox, triples_to_ox
+from .terms import from_ox, solutions, to_ox, triples_to_ox
 
 CASE_SHAPES = "case.ttl"
 ONTOLOGY_SHAPES = "ontology-qc.ttl"
@@ -103,16 +103,16 @@ class CaseValidator:
             found[index].append(Violation(where, message, _named_shape(self.shapes, shape), _shown(case, where, value)))
         store = ox.Store()
         for case in cases:
-            store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
+            store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))
         for focus_ox, row, message, shape_iri in self._sparql.results(store):
             focus = from_ox(focus_ox)
             index = owner.of(focus)
             if index is None:
                 continue
             case = cases[index]
-            path, value = _get(row, "path"), _get(row, "value")
-            rdf_value = from_ox(value) if value is not None else None
-            where = case.path_of(focus, from_ox(path) if path is not None else None, rdf_value)
+            ox_path, ox_value = _get(row, "path"), _get(row, "value")
+            rdf_value = from_ox(ox_value) if ox_value is not None else None
+            where = case.path_of(focus, from_ox(ox_path) if ox_path is not None else None, rdf_value)
             found[index].append(Violation(where, message, shape_iri, _shown(case, where, rdf_value)))
         return [Report(_unique(f)) for f in found]
 
@@ -191,7 +191,7 @@ class SparqlConstraints:
         this = ox.Variable("this")
         for query, targets, message, shape, _constraint in self._checks:
             for focus in _focus_nodes(store, targets):
-                for row in store.query(query, substitutions={this: focus}):  # type: ignore[union-attr]
+                for row in solutions(store.query(query, substitutions={this: focus})):
                     yield focus, row, message, shape
 
 
@@ -210,11 +210,11 @@ def _focus_nodes(store: ox.Store, targets: list[tuple[URIRef, Node]]) -> list[ox
             found[str(value)] = to_ox(value)  # type: ignore[assignment]
             continue
         if kind == SH.target:  # a SPARQL-based target: the query selects ?this
-            for row in store.query(str(value)):  # type: ignore[union-attr]
+            for row in solutions(store.query(str(value))):
                 found[str(row["this"])] = row["this"]
             continue
         query = _TARGET_QUERIES[kind].replace("$t", f"<{value}>")
-        for row in store.query(query):  # type: ignore[union-attr]
+        for row in solutions(store.query(query)):
             found[str(row["f"])] = row["f"]
     return list(found.values())
 
@@ -303,7 +303,7 @@ def validate_ontology(ontology: Ontology, shapes: Graph) -> Report:
         out.append(Violation(path=where, message=str(message), shape=_named_shape(shapes, results.value(
             result, SH.sourceShape))))  # type: ignore[union-attr]
     store = ox.Store()
-    store.extend(triples_to_ox(ontology.graph, ox.DefaultGraph()))  # type: ignore[arg-type]
+    store.extend(triples_to_ox(ontology.graph, ox.DefaultGraph()))
     for focus, row, message, shape in SparqlConstraints(shapes).results(store):
         path = _get(row, "path")
         where = f"<{from_ox(focus)}>" + (f" {from_ox(path)}" if path is not None else "")
