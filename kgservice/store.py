@@ -32,12 +32,6 @@ ONTOLOGY_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology")
 CLOSURE_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology-closure")
 _VERSION = ox.NamedNode(str(ESI.ontologyVersion))
 
-_LIST = f"""PREFIX esi: <{ESI}>
-SELECT ?case WHERE {{
-  GRAPH ?g {{ ?case esi:hasResponseCategory ?category . OPTIONAL {{ ?case esi:hasApplicablePathway ?pathway }} }}
-}}"""
-
-
 @dataclass(frozen=True)
 class CaseGraphs:
     """The names of a case's two graphs."""
@@ -143,18 +137,26 @@ class OxigraphSite:
 
     def case_ids(self, category: str | None = None, pathway: str | None = None, limit: int = 50,
                  offset: int = 0) -> tuple[list[str], int]:
-        """Ids of stored cases, optionally only those with a category and/or a pathway, by id."""
+        """Ids of stored cases, optionally only those with a category and/or a pathway, one page."""
         binds: Substitutions = {}
         if category is not None:
             binds[ox.Variable("category")] = ox.NamedNode(str(ESI[category]))
         if pathway is not None:
             binds[ox.Variable("pathway")] = ox.NamedNode(str(ESI[pathway]))
-        query = _LIST.replace("SELECT ?case", "SELECT DISTINCT ?case " + " ".join(f"?{v.value}" for v in binds), 1)
-        if pathway is not None:
-            query = query.replace("OPTIONAL { ?case esi:hasApplicablePathway ?pathway }",
-                                  "?case esi:hasApplicablePathway ?pathway")
-        ids = sorted({_tail(row["case"].value) for row in solutions(self.store.query(query, substitutions=binds))})
-        return ids[offset:offset + limit], len(ids)
+        # Paged and counted by Oxigraph, in the store's own (index) order, stable while the store
+        # does not change. Sorting every id, in Python or by ORDER BY, cost 1.2 s and 5 s at 100k
+        # cases; a page in index order costs milliseconds, the count tens of milliseconds.
+        pattern = "GRAPH ?g { ?case esi:hasResponseCategory ?category ." + (
+            " ?case esi:hasApplicablePathway ?pathway ." if pathway is not None else "") + " }"
+        projected = " ".join(f"?{v.value}" for v in binds)
+        page = (f"PREFIX esi: <{ESI}> SELECT ?case {projected} WHERE {{ {pattern} }} "
+                f"LIMIT {int(limit)} OFFSET {int(offset)}")
+        count = (f"PREFIX esi: <{ESI}> SELECT (COUNT(*) AS ?n) {projected} WHERE {{ {pattern} }}"
+                 + (f" GROUP BY {projected}" if projected else ""))
+        ids = [_tail(row["case"].value) for row in solutions(self.store.query(page, substitutions=binds))]
+        counted = next(iter(solutions(self.store.query(count, substitutions=binds))), None)
+        total = int(counted["n"].value) if counted is not None and counted["n"] is not None else 0
+        return ids, total
 
     def query(self, sparql: str, **options: Any) -> Any:
         return self.store.query(sparql, **options)

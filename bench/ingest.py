@@ -1,0 +1,245 @@
+"""Bulk ingest: ``kgservice load FILE`` on N generated cases (a few of them invalid), with its memory.
+
+Baseline, in the same run: the obvious approach with the same libraries, for a sample of the
+cases: for each case, load the ontology and the case into an rdflib graph, let owlrl compute
+the OWL 2 RL closure, and add the result to one rdflib Dataset (a named graph per case).
+
+This module also keeps the stores the other benchmarks read (``prepared_store(n)``): a data
+dir holding the n generated cases ``kg-000000``…, built with ``kgservice load`` once and reused,
+under the folder given by ``bench/run.py --data-dir`` (kept across runs) or a temporary one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import table, timed
+from generator import CaseGenerator
+from loadgen import GroupSampler
+
+SEED = 5
+PREFIX = "kg"
+_root: Path | None = None
+_kb: Any = None
+
+
+# -- shared data -----------------------------------------------------------------------------
+
+
+def set_root(path: Path | None) -> None:
+    """Where stores and case files are kept (``--data-dir``); None: a temporary folder."""
+    global _root
+    _root = Path(path).resolve() if path is not None else None
+    if _root is not None:
+        _root.mkdir(parents=True, exist_ok=True)
+
+
+def root() -> Path:
+    global _root
+    if _root is None:
+        _root = Path(tempfile.mkdtemp(prefix="esi-bench-"))
+        atexit.register(shutil.rmtree, _root, True)
+    return _root
+
+
+def kb() -> Any:
+    global _kb
+    if _kb is None:
+        from kgservice.config import Settings
+        from kgservice.kb import KnowledgeBase
+
+        _kb = KnowledgeBase.from_settings(Settings())
+    return _kb
+
+
+def case_id(i: int) -> str:
+    return f"{PREFIX}-{i:06d}"
+
+
+def case_iri(i: int, site: str = "default") -> str:
+    from kgservice.cases import case_iri as iri
+
+    return str(iri(case_id(i), site))
+
+
+def generator(seed: int = SEED) -> CaseGenerator:
+    return CaseGenerator(kb().vocabulary["input"], seed=seed)
+
+
+def cases_file(n: int) -> Path:
+    """The n generated cases as JSON lines (made once)."""
+    path = root() / f"cases-{n}.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        with tmp.open("w") as out:
+            for case in generator().cases(n, prefix=PREFIX):
+                out.write(json.dumps(case) + "\n")
+        tmp.rename(path)
+    return path
+
+
+def _marker(n: int) -> dict[str, Any]:
+    return {"cases": n, "seed": SEED, "prefix": PREFIX, "ontology_version": kb().version}
+
+
+def prepared_store(n: int) -> Path:
+    """A data dir holding the n generated cases (site ``default``), loaded once and reused."""
+    data_dir = root() / f"store-{n}"
+    marker = data_dir / "bench.json"
+    if marker.exists() and json.loads(marker.read_text()) == _marker(n):
+        return data_dir
+    shutil.rmtree(data_dir, ignore_errors=True)
+    source = cases_file(n)
+    print(f"[bench] loading {n} cases into {data_dir} ...", file=sys.stderr, flush=True)
+    done = subprocess.run([sys.executable, "-m", "kgservice.cli", "load", str(source), "--data-dir", str(data_dir)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
+    summary = json.loads(done.stdout)
+    if summary["loaded"] != n:
+        raise RuntimeError(f"loading {source} stored {summary['loaded']} of {n} cases")
+    marker.write_text(json.dumps(_marker(n)))
+    return data_dir
+
+
+def adopt_store(n: int, data_dir: Path) -> None:
+    """Keep a data dir that holds exactly the n generated cases as ``prepared_store(n)``."""
+    target = root() / f"store-{n}"
+    if (target / "bench.json").exists():
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(data_dir), str(target))
+    (target / "bench.json").write_text(json.dumps(_marker(n)))
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+def _invalid(case: dict[str, Any], k: int) -> str:
+    """One bad input line of kind k: malformed JSON, invalid case, unknown code, duplicate id."""
+    bad = json.loads(json.dumps(case))
+    bad["id"] = f"bad-{k:05d}"
+    kind = k % 5
+    if kind == 0:
+        return json.dumps(bad)[:-7] + "\n"  # cut: not JSON
+    if kind == 1:
+        bad["pain_scores"][0]["score"] = 11
+    elif kind == 2:
+        bad["diagnoses"] = ["not-a-diagnosis"]
+    elif kind == 3:
+        bad["id"] = case_id(0)  # a duplicate of the first case
+    else:
+        del bad["injection"]
+    return json.dumps(bad)
+
+
+def _input_with_invalid(n: int, n_bad: int, path: Path) -> None:
+    every = max(1, n // n_bad)
+    bad = 0
+    with cases_file(n).open() as source, path.open("w") as out:
+        for i, line in enumerate(source):
+            out.write(line)
+            if i % every == every // 2 and bad < n_bad:
+                out.write(_invalid(json.loads(line), bad).rstrip("\n") + "\n")
+                bad += 1
+
+
+def _load(path: Path, data_dir: Path) -> dict[str, Any]:
+    """``kgservice load`` under /usr/bin/time -v, its process group's summed RSS sampled."""
+    command = [sys.executable, "-m", "kgservice.cli", "load", str(path), "--data-dir", str(data_dir)]
+    gnu_time = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+    timing = data_dir.parent / f"{data_dir.name}.time"
+    if gnu_time:
+        command = [gnu_time, "-v", "-o", str(timing), *command]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    with GroupSampler(process.pid, every=0.25) as sampler:
+        out, _ = process.communicate()
+    wall = time.perf_counter() - started
+    summary = json.loads(out)
+    largest_kb = None
+    cpu_s: float | None = None
+    if gnu_time and timing.exists():
+        text = timing.read_text()
+        found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        largest_kb = int(found.group(1)) if found else None
+        cpu = [float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text)]
+        cpu_s = sum(cpu) if cpu else None
+    samples = sampler.samples
+    peak = max((kb for _, kb in samples), default=0)
+    first = max((kb for t, kb in samples if t <= wall / 2), default=0)
+    second = max((kb for t, kb in samples if t > wall / 2), default=0)
+    return {"summary": summary, "wall": wall, "largest_kb": largest_kb, "cpu_s": cpu_s, "peak_kb": peak,
+            "first_half_kb": first,
+            "second_half_kb": second,
+            "exit": process.returncode}
+
+
+def _baseline(cases: list[dict[str, Any]]) -> float:
+    """The obvious approach: per case, owlrl closure of ontology + case, added to one rdflib Dataset."""
+    import owlrl
+    from rdflib import Dataset, Graph, URIRef
+
+    base = kb()
+    dataset = Dataset()
+
+    def one(case: dict[str, Any]) -> None:
+        g = Graph()
+        g += base.ontology.graph
+        g += base.read_json(case).graph
+        owlrl.DeductiveClosure(owlrl.OWLRL_Semantics).expand(g)
+        target = dataset.graph(URIRef(f"https://example.org/case/{case['id']}"))
+        for triple in g:
+            target.add(triple)
+
+    seconds = timed(lambda: [one(c) for c in cases])
+    return len(cases) / seconds
+
+
+def run(quick: bool) -> str:
+    n = 2_000 if quick else 100_000
+    n_bad = max(5, n // 1000)
+    n_base = 5 if quick else 60
+    work = Path(tempfile.mkdtemp(prefix="esi-ingest-", dir=root()))
+    source = work / "input.jsonl"
+    _input_with_invalid(n, n_bad, source)
+    data_dir = work / "data"
+    result = _load(source, data_dir)
+    summary = result["summary"]
+    rate = summary["cases_per_second"] or 0.0
+    if summary["loaded"] == n:
+        adopt_store(n, data_dir)
+    shutil.rmtree(work, ignore_errors=True)
+
+    sample = [json.loads(line) for line in cases_file(n).read_text().splitlines()[:n_base]]
+    base_rate = _baseline(sample)
+
+    mb = 1024
+    rows = [
+        ["baseline: per case owlrl closure + add to an rdflib Dataset", n_base, "", f"{base_rate:.1f}",
+         1000 / base_rate, "", "", "1.0"],
+        ["kgservice load (2 reasoning workers, batches of 200)", summary["loaded"], summary["rejected"],
+         f"{rate:.1f}", result["cpu_s"] * 1000 / max(1, summary["loaded"]) if result["cpu_s"] else "n/a",
+         result["largest_kb"] // mb if result["largest_kb"] else "n/a",
+         f"{result['peak_kb'] // mb} (1st half {result['first_half_kb'] // mb}, "
+         f"2nd half {result['second_half_kb'] // mb})",
+         f"{rate / base_rate:.0f}x"],
+    ]
+    verdict = (f"target >= 300 cases/s sustained on 100k cases: {'met' if rate >= 300 else 'NOT met'} "
+               f"({rate:.0f} cases/s on {n} cases in {summary['seconds']} s; {summary['rejected']} of {n_bad} invalid "
+               f"lines rejected); memory: peak RSS summed over the loader's processes "
+               f"{result['peak_kb'] // mb} MB, {result['first_half_kb'] // mb} MB in the first half of the run "
+               f"and {result['second_half_kb'] // mb} MB in the second (bounded if these are close)")
+    return table(f"Bulk ingest, {n} cases as JSON lines (+{n_bad} invalid)",
+                 ["what", "cases stored", "rejected", "cases/s", "CPU ms/case (all processes, whole run)",
+                  "peak RSS largest process MB",
+                  "peak RSS all processes MB", "speed-up vs baseline"], rows) + "\n\n" + verdict
