@@ -70,6 +70,11 @@ def derivations(ontology: Ontology, case: URIRef, facts: Facts) -> Iterator[Trip
                 break
 
 
+def satisfied(ontology: Ontology, expr: Expr, node: Node, facts: Facts) -> bool:
+    """Whether the class expression holds for ``node`` given ``facts``."""
+    return _match(ontology, expr, node, facts, set()) is not None
+
+
 def _match(ontology: Ontology, expr: Expr, case: Node, facts: Facts, opened: set[URIRef]) -> list[Triple] | None:
     """The facts that satisfy ``expr`` for ``case``, or None if it is not satisfied."""
     if isinstance(expr, Named):

@@ -296,6 +296,13 @@ class Ontology:
                     continue  # reported by `kgservice check`; never fatal for explanations
         return {k: tuple(sorted(v, key=repr)) for k, v in found.items()}
 
+    def parse_expression(self, node: Node) -> Expr | None:
+        """A class expression as ESI-KG's rules use them, or None if it is outside that set."""
+        try:
+            return self._expr(node)
+        except OntologyError:
+            return None
+
     def _expr(self, node: Node) -> Expr:
         g = self.graph
         if isinstance(node, URIRef):

@@ -28,11 +28,12 @@ from typing import Protocol
 
 import owlrl
 import pyoxigraph as ox
-from rdflib import OWL, RDF, BNode, Graph, Literal, URIRef
+from rdflib import OWL, RDF, RDFS, BNode, Graph, Literal, URIRef
+from rdflib.collection import Collection
 from rdflib.term import Node
 
-from .explain import Facts, derivations
-from .ontology import CASE_BASE, ESI, Ontology, Triple
+from .explain import Facts, derivations, satisfied
+from .ontology import CASE_BASE, ESI, AllOf, AnyOf, Expr, HasValue, Ontology, SomeValues, Triple
 from .terms import Substitutions, constructed, from_ox, serialized, triple_to_ox, triples_to_ox
 
 _RULE_GRAPH = ox.DefaultGraph()
@@ -150,6 +151,8 @@ class Reasoner:
         )
         self._support = list(triples_to_ox(support, _RULE_GRAPH))
         self._individual_types = Facts(t for t in support if t[1] == RDF.type)
+        self.always_close = False  # tests set it to compare with a full second pass
+        self._guard = _rule_guard(ontology)
         self._rules = {
             stratum: [rule for rule in ontology.sparql_rules if rule.stratum == stratum] for stratum in ontology.strata
         }
@@ -183,8 +186,12 @@ class Reasoner:
         owned = _by_owner(session.close(), iris)
         for stratum in strata[1:]:
             more = self._run_rules(stratum, cases, [t for ts in owned.values() for t in ts])
-            if more:
+            if more and (self.always_close or self._may_complete_a_rule(more, owned, iris)):
                 owned = _by_owner(session.add(more), iris)
+            else:  # the closure cannot grow but by these facts themselves
+                for t in more:
+                    if (owner := _owner(t[0], iris)) is not None:
+                        owned.setdefault(owner, []).append(t)
         out: dict[URIRef, set[Triple]] = {}
         for case in cases:
             asserted = set(case.asserted)
@@ -193,6 +200,30 @@ class Reasoner:
             inferred.update(derivations(self.ontology, case.iri, known))
             out[case.iri] = inferred
         return out
+
+    def _may_complete_a_rule(self, new: list[Triple], owned: dict[URIRef, list[Triple]], iris: set[URIRef]) -> bool:
+        """Whether OWL reasoning could derive anything from ``new`` beyond ``new`` itself.
+
+        Sound, and cheap next to a second OWL pass: a new fact ``(s p o)`` can only lead
+        somewhere through an axiom about ``p`` (then: yes, unless it is a domain or range whose
+        type ``s`` or ``o`` already has) or through a class expression that mentions ``p``
+        (then: yes if that expression now holds for ``s``). Ontologies using constructs the
+        check cannot read always get the second pass.
+        """
+        if self._guard is None:
+            return True
+        property_axioms, domains, ranges, mentioning = self._guard
+        facts = Facts([t for ts in owned.values() for t in ts], new, base=self._individual_types)
+        for s, p, o in new:
+            if p in property_axioms:
+                return True
+            if any((s, RDF.type, d) not in facts for d in domains.get(p, ())):
+                return True
+            if any((o, RDF.type, r) not in facts for r in ranges.get(p, ())):
+                return True
+            if any(satisfied(self.ontology, expr, s, facts) for expr in mentioning.get(p, ())):
+                return True
+        return False
 
     def _run_rules(self, stratum: int, cases: Sequence[CaseInput], facts: Iterable[Triple]) -> list[Triple]:
         """Run one stratum's SPARQL rules, in order, on each case ($this pre-bound)."""
@@ -228,6 +259,54 @@ def _record_rule(rule: URIRef, cases: set[URIRef], triples: list[Triple]) -> lis
         if p == ESI.concludes and (case := _owner(s, cases)) is not None:
             out += [(case, ESI.hasDerivation, s), (s, RDF.type, ESI.Derivation), (s, ESI.byRule, rule)]
     return out
+
+
+_PROPERTY_AXIOMS = (RDFS.subPropertyOf, OWL.inverseOf, OWL.propertyChainAxiom, OWL.equivalentProperty,
+                    OWL.propertyDisjointWith)
+_PROPERTY_TYPES = (OWL.TransitiveProperty, OWL.SymmetricProperty, OWL.FunctionalProperty,
+                   OWL.InverseFunctionalProperty, OWL.AsymmetricProperty, OWL.IrreflexiveProperty)
+
+
+def _rule_guard(ontology: Ontology) -> tuple[set[Node], dict[Node, list[Node]], dict[Node, list[Node]],
+                                                  dict[Node, list[Expr]]] | None:
+    """What :meth:`Reasoner._may_complete_a_rule` needs, or None when the ontology uses a
+    construct it cannot read (then every stratum gets its OWL pass)."""
+    g = ontology.graph
+    if (None, OWL.equivalentClass, None) in g or any(
+            isinstance(c, URIRef) for p in (OWL.intersectionOf, OWL.unionOf) for c in g.subjects(p, None)):
+        return None
+    property_axioms: set[Node] = set()
+    for p in _PROPERTY_AXIOMS:
+        for a, b in g.subject_objects(p):
+            property_axioms.update((a, b))
+    for chain_list in g.objects(None, OWL.propertyChainAxiom):
+        property_axioms.update(Collection(g, chain_list))
+    for t in _PROPERTY_TYPES:
+        property_axioms.update(g.subjects(RDF.type, t))
+    domains: dict[Node, list[Node]] = {}
+    ranges: dict[Node, list[Node]] = {}
+    for prop, domain in g.subject_objects(RDFS.domain):
+        domains.setdefault(prop, []).append(domain)
+    for prop, range_ in g.subject_objects(RDFS.range):
+        ranges.setdefault(prop, []).append(range_)
+    mentioning: dict[Node, list[Expr]] = {}
+    for sub, _sup in g.subject_objects(RDFS.subClassOf):
+        if isinstance(sub, URIRef):
+            continue  # a named class's membership is already in the closure
+        expr = ontology.parse_expression(sub)
+        if expr is None:
+            return None
+        for prop in _properties_in(expr):
+            mentioning.setdefault(prop, []).append(expr)
+    return property_axioms, domains, ranges, mentioning
+
+
+def _properties_in(expr: Expr) -> set[Node]:
+    if isinstance(expr, HasValue | SomeValues):
+        return {expr.prop}
+    if isinstance(expr, AllOf | AnyOf):
+        return set().union(*(_properties_in(part) for part in expr.parts))
+    return set()
 
 
 def _by_owner(closure: Iterable[Triple], cases: set[URIRef]) -> dict[URIRef, list[Triple]]:
