@@ -34,6 +34,8 @@ RDF_FORMATS = {
     "application/ld+json": ox.RdfFormat.JSON_LD,
     "application/n-triples": ox.RdfFormat.N_TRIPLES,
 }
+#: Every media type a case may be sent in; JSON first.
+CASE_MEDIA_TYPES = ("application/json", *RDF_FORMATS)
 
 Triple = tuple[Node, Node, Node]
 

@@ -97,22 +97,19 @@ def cmd_pathway(args: argparse.Namespace, settings: Settings) -> int:
     results: list[dict[str, Any]] = []
     failed = False
     for start in range(0, len(items), settings.max_batch):
-        chunk = items[start:start + settings.max_batch]
-        outcome: list[Any] = []
-        valid = []
-        for item in chunk:
+        outcome: list[Any] = []  # per item: its CaseGraph while valid, else its problem JSON
+        for item in items[start:start + settings.max_batch]:
             try:
-                case = kb.read_json(item)
-                problems = kb.check(case)
-                if problems:
-                    raise InvalidCase(problems)
-                valid.append(case)
-                outcome.append(case)
+                outcome.append(kb.read_json(item))
             except ESIError as exc:
-                failed = True
                 outcome.append(exc.problem())
-        answers = iter(r.answer for r in kb.reason_valid(valid))
-        results.extend(next(answers) if not isinstance(o, dict) else o for o in outcome)
+        read = [o for o in outcome if not isinstance(o, dict)]
+        problems = dict(zip(map(id, read), kb.check_many(read), strict=True))  # one SHACL run per batch
+        outcome = [InvalidCase(problems[id(o)]).problem() if not isinstance(o, dict) and problems[id(o)] else o
+                   for o in outcome]
+        failed = failed or any(isinstance(o, dict) for o in outcome)
+        answers = iter(r.answer for r in kb.reason_valid([o for o in outcome if not isinstance(o, dict)]))
+        results.extend(o if isinstance(o, dict) else next(answers) for o in outcome)
     out = results if isinstance(data, list) else results[0]
     json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")

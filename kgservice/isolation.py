@@ -28,8 +28,10 @@ from typing import Any
 
 import pyoxigraph as ox
 
+from .cases import CASE_MEDIA_TYPES, RDF_FORMATS, load_json
 from .config import Settings
-from .errors import ESIError
+from .errors import ESIError, InvalidCase, UnsupportedMediaType
+from .terms import triple_to_ox
 
 
 class TimeLimit(ESIError):
@@ -166,12 +168,8 @@ class Outcome:
 
 def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id: str | None) -> Outcome:
     """Read, validate and reason one case: the work a worker does, also callable in-process."""
-    from .cases import RDF_FORMATS, load_json
-    from .errors import InvalidCase, UnsupportedMediaType
-    from .terms import triple_to_ox
-
     kind = (media_type or "").split(";", 1)[0].strip().lower()
-    accepted = ", ".join(("application/json", *RDF_FORMATS))
+    accepted = ", ".join(CASE_MEDIA_TYPES)
     if kind == "application/json":
         case = kb.read_json(load_json(body), case_id=case_id, site=site)
     elif kind in RDF_FORMATS:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .cases import CODE_PATTERN, ID_PATTERN
+from .cases import CASE_MEDIA_TYPES, CODE_PATTERN, ID_PATTERN
 from .queries import NAME_PATTERN, Catalog, NamedQuery
-from .service import CASE_MEDIA_TYPES, Service
+from .service import Service
 from .sparql import GRAPH_FORMATS, RESULTS_JSON, SELECT_FORMATS
 
 Schema = dict[str, Any]

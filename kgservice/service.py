@@ -12,7 +12,6 @@ from typing import Any
 from rdflib import Graph
 
 from . import cases
-from .cases import RDF_FORMATS
 from .config import Settings
 from .errors import InvalidCase, NotFound, Violation
 from .isolation import Outcome, ReasoningPool, reason_case
@@ -20,9 +19,6 @@ from .kb import KnowledgeBase
 from .ontology import ESI
 from .reasoning import ENGINES
 from .store import CaseGraphs, OxigraphSite, Stores
-
-JSON = "application/json"
-CASE_MEDIA_TYPES = (JSON, *RDF_FORMATS)
 
 
 @dataclass
@@ -56,7 +52,7 @@ class Service:
 
     def create(self, body: bytes, media_type: str | None, site: str) -> Stored:
         outcome = self.reason(body, media_type, site)
-        self._site(site).create(outcome.case_id, outcome.asserted, outcome.inferred)
+        self.site_store(site).create(outcome.case_id, outcome.asserted, outcome.inferred)
         return Stored(outcome.case_id, True, outcome.answer)
 
     def replace(self, case_id: str, body: bytes, media_type: str | None, site: str) -> Stored:
@@ -64,14 +60,14 @@ class Service:
             raise InvalidCase([Violation("id", "id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -",
                                          value=case_id)])
         outcome = self.reason(body, media_type, site, case_id=case_id)
-        created = self._site(site).replace(case_id, outcome.asserted, outcome.inferred)
+        created = self.site_store(site).replace(case_id, outcome.asserted, outcome.inferred)
         return Stored(case_id, created, outcome.answer)
 
     def delete(self, case_id: str, site: str) -> None:
-        self._site(site).delete(_checked_id(case_id))
+        self.site_store(site).delete(_checked_id(case_id))
 
     def case_graph(self, case_id: str, site: str, inferred: bool = False) -> Graph:
-        asserted, derived = self._site(site).read(_checked_id(case_id))
+        asserted, derived = self.site_store(site).read(_checked_id(case_id))
         graph = Graph()
         for t in (*asserted, *(derived if inferred else ())):
             graph.add(t)
@@ -81,7 +77,7 @@ class Service:
         return cases.to_json(self.case_graph(case_id, site), cases.case_iri(case_id, site))
 
     def stored_answer(self, case_id: str, site: str) -> dict[str, Any]:
-        store = self._site(site)
+        store = self.site_store(site)
         if not store.exists(_checked_id(case_id)):
             raise NotFound(f"no case {case_id!r}")
         graphs = CaseGraphs.of(site, case_id)
@@ -95,7 +91,7 @@ class Service:
             if value is not None and self.kb.ontology.coded_term(value) not in self.kb.ontology.members(kind):
                 raise InvalidCase([Violation(name, f"{value!r} is not a {name} code; see GET /vocabulary",
                                                    value=value)])
-        return self._site(site).case_ids(category, pathway, per_page, (page - 1) * per_page)
+        return self.site_store(site).case_ids(category, pathway, per_page, (page - 1) * per_page)
 
     # -- curators -------------------------------------------------------------------------------
 
@@ -109,13 +105,11 @@ class Service:
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    def _site(self, site: str) -> OxigraphSite:
+    def site_store(self, site: str) -> OxigraphSite:
+        """The site's dataset, holding the current ontology version."""
         store = self.stores.site(site)
         store.set_ontology(self.kb.version, self.kb.ontology.graph, self.kb.reasoner.tbox_closure)
         return store
-
-    def site_store(self, site: str) -> OxigraphSite:
-        return self._site(site)
 
     def close(self) -> None:
         if self.pool is not None:
