@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 ENGINES = ("reasonable", "owlrl")
+SHACL_ENGINES = ("builtin", "pyshacl")
 
 
 def _resource_dir(name: str) -> Path:
@@ -31,6 +32,7 @@ class Settings:
     shapes_dir: Path = field(default_factory=lambda: _resource_dir("shapes"))
     queries_dir: Path = field(default_factory=lambda: _resource_dir("queries"))
     engine: str = "reasonable"
+    shacl_engine: str = "builtin"
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -64,6 +66,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.shacl_engine not in SHACL_ENGINES:
+            raise ValueError(f"shacl_engine must be one of {', '.join(SHACL_ENGINES)}, not {self.shacl_engine!r}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -40,9 +40,10 @@ class Reasoned:
 
 class KnowledgeBase:
     def __init__(self, ontology: Ontology, case_shapes: Graph, engine: str = "reasonable",
-                 max_case_triples: int = 2_000, cache_dir: Path | None = None) -> None:
+                 max_case_triples: int = 2_000, cache_dir: Path | None = None,
+                 shacl_engine: str = "builtin") -> None:
         self.ontology = ontology
-        self.validator = CaseValidator(ontology, case_shapes)
+        self.validator = CaseValidator(ontology, case_shapes, shacl_engine)
         self.reasoner = Reasoner(ontology, engine, cache_dir=cache_dir)
         self.answers = AnswerBuilder(ontology)
         self.max_case_triples = max_case_triples
@@ -55,6 +56,7 @@ class KnowledgeBase:
             engine=settings.engine,
             max_case_triples=settings.max_case_triples,
             cache_dir=settings.cache_dir,
+            shacl_engine=settings.shacl_engine,
         )
 
     @property
