@@ -96,16 +96,18 @@ class KnowledgeBase:
 
     def reason_valid(self, batch: Sequence[CaseGraph], answers: bool = True) -> list[Reasoned]:
         """Reason over valid cases together; ``answers=False`` skips the answers (bulk loading)."""
-        inputs = [
-            CaseInput(c.iri, tuple(c.graph), tuple(cases.observations(c.graph, c.iri))) for c in batch
-        ]
-        inferred = self.reasoner.infer(inputs)
+        inferred = self.reasoner.infer([self.reasoner_input(c) for c in batch])
         out = []
         for case in batch:
             graph = inferred[case.iri]
             graph.add((case.iri, ESI.ontologyVersion, Literal(self.version)))
             out.append(Reasoned(case, graph, self.answer_from_graphs(case, graph) if answers else {}))
         return out
+
+    @staticmethod
+    def reasoner_input(case: CaseGraph) -> CaseInput:
+        """A valid case as the reasoner takes it: asserted triples plus computed observations."""
+        return CaseInput(case.iri, tuple(case.graph), tuple(cases.observations(case.graph, case.iri)))
 
     def answer_from_graphs(self, case: CaseGraph, inferred: set[Triple]) -> dict[str, Any]:
         store = ox.Store()

@@ -96,9 +96,9 @@ ENGINES: dict[str, Callable[[TBoxFile, Sequence[Triple]], Session]] = {
 class TBoxFile:
     """The ontology's logical axioms, kept as a Turtle file for engines that read files."""
 
-    def __init__(self, triples: Sequence[Triple], digest: str) -> None:
+    def __init__(self, triples: Sequence[Triple], digest: str, name: str = "tbox") -> None:
         self.triples = tuple(triples)
-        self._path = Path(tempfile.gettempdir()) / f"esi-kg-tbox-{digest[:16]}-{os.getpid()}.ttl"
+        self._path = Path(tempfile.gettempdir()) / f"esi-kg-{name}-{digest[:16]}-{os.getpid()}.ttl"
         self._lock = threading.Lock()
 
     def path(self) -> Path:
@@ -136,6 +136,7 @@ class Reasoner:
         self.ontology = ontology
         self.engine = engine
         self._tbox = TBoxFile(ontology.tbox, ontology.digest)
+        self._case_tbox = TBoxFile(ontology.case_tbox, ontology.digest, "case-tbox")
         self._session = ENGINES[engine]
         tbox_closure = self._closed_tbox(cache_dir)
         self.tbox_closure = tuple(t for t in tbox_closure if _keep(t))
@@ -182,7 +183,7 @@ class Reasoner:
         iris = {c.iri for c in cases}
         facts = [t for c in cases for t in (*c.asserted, *c.observations)]
         found = self._run_rules(strata[0], cases, facts)
-        session = self._session(self._tbox, [*facts, *found])
+        session = self._session(self._case_tbox, [*facts, *found])
         owned = _by_owner(session.close(), iris)
         for stratum in strata[1:]:
             more = self._run_rules(stratum, cases, [t for ts in owned.values() for t in ts])
