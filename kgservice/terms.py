@@ -58,8 +58,8 @@ def triple_to_ox(triple: tuple[Node, Node, Node]) -> ox.Triple:
     return ox.Triple(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o))
 
 
-def triples_to_ox(triples: Iterable[tuple[Node, Node, Node]], graph: ox.NamedNode | ox.DefaultGraph
-                  ) -> Iterator[ox.Quad]:
+def triples_to_ox(triples: Iterable[tuple[Node, Node, Node]],
+                  graph: ox.NamedNode | ox.BlankNode | ox.DefaultGraph) -> Iterator[ox.Quad]:
     for s, p, o in triples:
         yield ox.Quad(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o), graph)
 

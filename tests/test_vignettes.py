@@ -66,6 +66,21 @@ def test_declarations_do_not_change_inferences(kb: KnowledgeBase, kb_owlrl: Know
             assert base.reasoner.infer(batch) == whole.infer(batch), path.name
 
 
+def test_answers_are_the_same_from_many_threads_at_once(kb: KnowledgeBase) -> None:
+    """One knowledge base serves every request thread; no case sees another's facts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [load_vignette(path)["case"] for path in VIGNETTES] * 4
+    alone = [kb.answer_json(case) for case in cases]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(kb.answer_json, cases))
+    assert together == alone
+    from kgservice.reasoning import RULE_SUPPORT_GRAPH
+
+    store = kb.reasoner._rule_store
+    assert list(store.named_graphs()) == [RULE_SUPPORT_GRAPH], "each run's facts are removed after it"
+
+
 ANSWER_ALL = """
 import json, sys
 from kgservice.config import Settings
