@@ -166,8 +166,11 @@ class Outcome:
     inferred: list[ox.Triple]
 
 
-def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id: str | None) -> Outcome:
-    """Read, validate and reason one case: the work a worker does, also callable in-process."""
+def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id: str | None,
+                graphs: bool = True) -> Outcome:
+    """Read, validate and reason one case: the work a worker does, also callable in-process.
+
+    ``graphs=False`` (``POST /pathway``, which stores nothing) leaves the graphs out."""
     kind = (media_type or "").split(";", 1)[0].strip().lower()
     accepted = ", ".join(CASE_MEDIA_TYPES)
     if kind == "application/json":
@@ -185,6 +188,8 @@ def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id
     def triples(source: Any) -> list[ox.Triple]:
         return [triple_to_ox(t) for t in source]
 
+    if not graphs:
+        return Outcome(case.id, reasoned.answer, [], [])
     return Outcome(case.id, reasoned.answer, triples(case.graph), triples(reasoned.inferred))
 
 
@@ -257,13 +262,14 @@ class ReasoningPool:
         self._idle.put(worker)
         return worker
 
-    def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None) -> Outcome:
+    def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None,
+               graphs: bool = True) -> Outcome:
         timeout = self.settings.reasoning_timeout_s
         worker = self._idle.get()
         replacement = None
         try:
             worker.wait_ready()
-            worker.conn.send((body, media_type, site, case_id))
+            worker.conn.send((body, media_type, site, case_id, graphs))
             if not worker.conn.poll(timeout):
                 replacement = worker
                 raise TimeLimit(f"reasoning took longer than {timeout:g} s and was stopped")

@@ -38,17 +38,18 @@ class Service:
         workers = settings.reasoning_workers or 0
         self.pool = ReasoningPool(settings, workers, guard) if workers > 0 else None
 
-    def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None) -> Outcome:
+    def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None,
+               graphs: bool = True) -> Outcome:
         """Read, validate and reason a case: in a worker process when there is a pool."""
         if self.pool is not None:
-            return self.pool.reason(body, media_type, site, case_id)
-        return reason_case(self.kb, body, media_type, site, case_id)
+            return self.pool.reason(body, media_type, site, case_id, graphs)
+        return reason_case(self.kb, body, media_type, site, case_id, graphs)
 
     # -- use cases ---------------------------------------------------------------------------
 
     def pathway(self, body: bytes, media_type: str | None, site: str) -> dict[str, Any]:
         """Answer a case without storing it."""
-        return self.reason(body, media_type, site).answer
+        return self.reason(body, media_type, site, graphs=False).answer
 
     def create(self, body: bytes, media_type: str | None, site: str) -> Stored:
         outcome = self.reason(body, media_type, site)
