@@ -188,6 +188,7 @@ class Shape:
     targets: list[tuple[Node, Node]] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     properties: list[Shape] = field(default_factory=list)
+    refs: list[Shape] = field(default_factory=list)  # every shape this one checks against
     message: str | None = None
     severity: URIRef = SH.Violation
     deactivated: bool = False
@@ -209,6 +210,7 @@ class Shapes:
             roots.update(shapes.subjects(kind, None))
         for root in roots:
             self._shape(root)
+        self._refuse_cycles()
         self.targeted = [s for s in self._shapes.values() if s.targets and not s.deactivated]
 
     # -- compiling --
@@ -232,6 +234,7 @@ class Shapes:
         shape.severity = g.value(node, SH.severity) or SH.Violation  # type: ignore[assignment]
         shape.deactivated = g.value(node, SH.deactivated) == Literal(True)
         shape.properties = [self._shape(p) for p in g.objects(node, SH.property)]
+        shape.refs.extend(shape.properties)
         for param in COMPONENTS:
             for value in g.objects(node, param):
                 shape.checks.append(self._component(shape, param, value))
@@ -342,6 +345,7 @@ class Shapes:
         g = self._g
         members = [self._shape(m) for m in Collection(g, arg)] if param in (SH["and"], SH["or"], SH.xone) \
             else [self._shape(arg)]
+        shape.refs.extend(members)
 
         def test(data: Data, v: Node) -> bool:
             ok = [self.conforms(data, v, m) for m in members]
@@ -359,24 +363,40 @@ class Shapes:
                     yield shape.path_node, v, component
         return run
 
+    def _refuse_cycles(self) -> None:
+        """A shape that refers back to itself (through sh:node, sh:property, sh:or…) is
+        recursive, which SHACL leaves undefined; such shapes are left to pyshacl."""
+        state: dict[Node, int] = {}  # 1: being visited, 2: done
+
+        def visit(shape: Shape) -> None:
+            state[shape.node] = 1
+            for ref in shape.refs:
+                if state.get(ref.node) == 1:
+                    raise Unsupported(f"recursive shapes ({shape.node} refers back to {ref.node})")
+                if ref.node not in state:
+                    visit(ref)
+            state[shape.node] = 2
+
+        for shape in list(self._shapes.values()):
+            if shape.node not in state:
+                visit(shape)
+
     # -- validating --
 
     def conforms(self, data: Data, focus: Node, shape: Shape) -> bool:
-        return next(iter(self._check(data, focus, shape, depth=0)), None) is None
+        return next(iter(self._check(data, focus, shape)), None) is None
 
     def validate(self, data: Data) -> list[Result]:
         """Every result of every targeted shape on ``data``."""
         out: list[Result] = []
         for shape in self.targeted:
             for focus in _focus_nodes(data, shape.targets):
-                out.extend(self._check(data, focus, shape, depth=0))
+                out.extend(self._check(data, focus, shape))
         return out
 
-    def _check(self, data: Data, focus: Node, shape: Shape, depth: int) -> Iterator[Result]:
+    def _check(self, data: Data, focus: Node, shape: Shape) -> Iterator[Result]:
         if shape.deactivated:
             return
-        if depth > 32:
-            raise Unsupported("shapes nest deeper than 32 levels (a recursive shape?)")
         values = shape.values(data, focus)
         for check in shape.checks:
             for path, value, component in check(data, focus, values):
@@ -384,7 +404,7 @@ class Shapes:
                              shape.message or _default_message(component, path), shape.severity)
         for prop in shape.properties:
             for v in values:
-                yield from self._check(data, v, prop, depth + 1)
+                yield from self._check(data, v, prop)
 
 
 def _focus_nodes(data: Data, targets: list[tuple[Node, Node]]) -> list[Node]:

@@ -177,6 +177,12 @@ def test_unsupported_features_are_refused_not_ignored() -> None:
         shacl.Shapes(shapes)
 
 
+def test_recursive_shapes_are_refused() -> None:
+    shapes = _graph("ex:S sh:targetNode ex:a ; sh:property [ sh:path ex:friend ; sh:node ex:S ] .")
+    with pytest.raises(shacl.Unsupported, match="recursive"):
+        shacl.Shapes(shapes)
+
+
 def test_the_validator_falls_back_to_pyshacl_for_shapes_it_cannot_read(kb: KnowledgeBase, settings: Settings,
                                                                        make_case, caplog) -> None:
     shapes = load_shapes(settings.shapes_dir / "case.ttl")
