@@ -81,6 +81,19 @@ def test_answers_are_the_same_from_many_threads_at_once(kb: KnowledgeBase) -> No
     assert list(store.named_graphs()) == [RULE_SUPPORT_GRAPH], "each run's facts are removed after it"
 
 
+def test_the_rule_store_is_replaced_and_answers_do_not_change(kb: KnowledgeBase, monkeypatch) -> None:
+    """pyoxigraph's in-memory store keeps the space of removed quads, so the reasoner replaces
+    its rule store every RULE_STORE_RUNS runs; a case reasoned on a new store gets the same answer."""
+    import kgservice.reasoning as reasoning
+
+    cases = [load_vignette(path)["case"] for path in VIGNETTES]
+    before = [kb.answer_json(case) for case in cases]
+    monkeypatch.setattr(reasoning, "RULE_STORE_RUNS", 1)
+    first = kb.reasoner._rule_store
+    assert [kb.answer_json(case) for case in cases] == before
+    assert kb.reasoner._rule_store is not first
+
+
 ANSWER_ALL = """
 import json, sys
 from kgservice.config import Settings
