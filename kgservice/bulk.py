@@ -174,7 +174,7 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
                              for t in (q.triple for q in ox.parse(data, format=ox.RdfFormat.N_TRIPLES)))
             stored.append(case_id)
         if quads:
-            store.store.extend(quads)  # one transaction per batch: all of its valid cases, or none
+            store.extend(quads)  # one transaction per batch: all of its valid cases, or none; flushed when due
         summary.loaded += len(stored)
         if bar:
             bar.show(summary)
@@ -193,8 +193,7 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
                     take(pending.pop(0).result())
             for future in pending:
                 take(future.result())
-    store.flush()
-    stores.close()
+    stores.close()  # flushes
     summary.seconds = time.perf_counter() - started
     if bar:
         bar.show(summary, final=True)

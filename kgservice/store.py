@@ -14,8 +14,10 @@ Every write is one Oxigraph transaction: a case is stored with its inferences, o
 
 from __future__ import annotations
 
+import ctypes
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -31,6 +33,18 @@ GRAPH_BASE = "https://w3id.org/esi-kg/graph/"
 ONTOLOGY_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology")
 CLOSURE_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology-closure")
 _VERSION = ox.NamedNode(str(ESI.ontologyVersion))
+
+#: Quads a site writes before its RocksDB memtables are flushed to disk (about 650 cases).
+#: Oxigraph opens RocksDB with a 128 MB write buffer per column family, flushed only once two
+#: are full, and no cap over all of them (``db_write_buffer_size=0``): writes go to 8 column
+#: families, so a writing process held up to ~2 GB of memtables (1.3 GB after loading 20k cases,
+#: 2.1 GB after 100k). Flushing this often keeps them under ~100 MB, at ~0.1-0.5 s a flush.
+FLUSH_AFTER_QUADS = 50_000
+
+#: What deleting a case is counted as towards FLUSH_AFTER_QUADS: a delete writes a tombstone per
+#: index entry of each quad, but its quads are not counted (that would cost a read).
+_TYPICAL_CASE_QUADS = 100
+
 
 @dataclass(frozen=True)
 class CaseGraphs:
@@ -75,6 +89,24 @@ class OxigraphSite:
             path.mkdir(parents=True, exist_ok=True)
         self.store = ox.Store(str(path)) if path is not None else ox.Store()
         self._write = threading.Lock()
+        self.flush_after = FLUSH_AFTER_QUADS
+        self._unflushed = 0
+
+    @contextmanager
+    def _writing(self, quads: int) -> Iterator[None]:
+        """Hold the write lock for one transaction of about ``quads`` quads; then flush if due.
+
+        The flush runs after the lock is released, between transactions: it never splits one, and
+        other writers need not wait for it. Nothing is counted when the transaction fails.
+        """
+        with self._write:
+            yield
+            self._unflushed += quads
+            due = self._unflushed >= self.flush_after
+            if due:
+                self._unflushed = 0
+        if due:
+            self.flush()
 
     # -- ontology ----------------------------------------------------------------------
 
@@ -92,7 +124,7 @@ class OxigraphSite:
             *triples_to_ox(closure, CLOSURE_GRAPH),
             ox.Quad(ONTOLOGY_GRAPH, _VERSION, ox.Literal(version), ONTOLOGY_GRAPH),
         ]
-        with self._write:
+        with self._writing(len(quads)):
             self.store.update(
                 f"DROP SILENT GRAPH {ONTOLOGY_GRAPH} ; DROP SILENT GRAPH {CLOSURE_GRAPH} ; "
                 + _insert_data(quads)
@@ -106,16 +138,21 @@ class OxigraphSite:
     def create(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> None:
         graphs = CaseGraphs.of(self.site, case_id)
         quads = [*_in(asserted, graphs.asserted), *_in(inferred, graphs.inferred)]
-        with self._write:
+        with self._writing(len(quads)):
             if self.store.contains_named_graph(graphs.asserted):
                 raise Conflict(f"case {case_id!r} exists already; use PUT to replace it")
+            self.store.extend(quads)
+
+    def extend(self, quads: Sequence[ox.Quad]) -> None:
+        """Store ``quads`` in one transaction, all or none (``kgservice load``: a batch of whole cases)."""
+        with self._writing(len(quads)):
             self.store.extend(quads)
 
     def replace(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> bool:
         """Store or replace a case; True when it did not exist before."""
         graphs = CaseGraphs.of(self.site, case_id)
         quads = [*_in(asserted, graphs.asserted), *_in(inferred, graphs.inferred)]
-        with self._write:
+        with self._writing(2 * len(quads)):  # the old version's quads are deleted: about as many
             created = not self.store.contains_named_graph(graphs.asserted)
             self.store.update(
                 f"DROP SILENT GRAPH {graphs.asserted} ; DROP SILENT GRAPH {graphs.inferred} ; " + _insert_data(quads)
@@ -124,7 +161,7 @@ class OxigraphSite:
 
     def delete(self, case_id: str) -> None:
         graphs = CaseGraphs.of(self.site, case_id)
-        with self._write:
+        with self._writing(_TYPICAL_CASE_QUADS):
             if not self.store.contains_named_graph(graphs.asserted):
                 raise NotFound(f"no case {case_id!r}")
             self.store.update(f"DROP SILENT GRAPH {graphs.asserted} ; DROP SILENT GRAPH {graphs.inferred}")
@@ -166,8 +203,33 @@ class OxigraphSite:
         return self.store.query(sparql, **options)
 
     def flush(self) -> None:
+        """Write the memtables to disk, then hand the memory they held back to the OS."""
         if self.path is not None:
             self.store.flush()
+            release_freed_memory()
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return cast(Callable[[int], int], trim)
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Return the heap pages free()d by RocksDB to the OS (glibc's ``malloc_trim``).
+
+    After a flush glibc keeps the freed memtables' pages in its arenas: the process's RSS stays at
+    its high-water mark (1.2 GB after 20k cases, 40 MB once trimmed). The peak is bounded by the
+    flushes; this brings an idle server back down to its live memory.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _in(triples: Iterable[ox.Triple], graph: ox.NamedNode) -> Iterator[ox.Quad]:

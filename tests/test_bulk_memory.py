@@ -1,0 +1,71 @@
+"""What keeps ``kgservice load``'s memory bounded changes nothing it stores.
+
+The loader flushes each site's memtables every ``FLUSH_AFTER_QUADS`` quads, and the reasoner
+replaces its in-memory rule store every ``RULE_STORE_RUNS`` runs. Here both happen after every
+batch: the store must still hold every valid case whole (its asserted and inferred graphs), the
+same triples as a load that does neither, and report the invalid lines.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import kgservice.bulk as bulk
+import kgservice.reasoning as reasoning
+import kgservice.store as store
+from kgservice.config import Settings
+from kgservice.ontology import Triple
+from kgservice.store import OxigraphSite, Stores
+
+VIGNETTES = sorted((Path(__file__).parent / "data" / "vignettes").glob("*.json"))
+CASES = [json.loads(p.read_text())["case"] for p in VIGNETTES]
+
+Contents = dict[str, tuple[set[str], set[str]]]
+
+
+def _as_text(asserted: list[Triple], inferred: list[Triple]) -> tuple[set[str], set[str]]:
+    return {" ".join(map(str, t)) for t in asserted}, {" ".join(map(str, t)) for t in inferred}
+
+
+def _load(data_dir: Path, source: Path) -> tuple[bulk.Summary, Contents]:
+    data_dir.mkdir(exist_ok=True)  # so that the ontology's closure is cached there
+    summary = bulk.load(Settings(data_dir=data_dir, auth_required=False), source, batch_size=3, workers=0,
+                        progress=None)
+    stores = Stores(data_dir)
+    try:
+        site = stores.site("default")
+        return summary, {case["id"]: _as_text(*site.read(case["id"])) for case in CASES}
+    finally:
+        stores.close()
+
+
+def test_flushing_and_renewing_mid_ingest_keeps_every_case_whole(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [json.dumps(c) for c in CASES] + ['{"id": "bad one"}', json.dumps(CASES[0])]
+    source = tmp_path / "cases.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    plain_summary, plain = _load(tmp_path / "plain", source)
+
+    flushes: list[str] = []
+    real_flush = OxigraphSite.flush
+
+    def counted(site: OxigraphSite) -> None:
+        flushes.append(site.site)
+        real_flush(site)
+
+    monkeypatch.setattr(store, "FLUSH_AFTER_QUADS", 1)
+    monkeypatch.setattr(reasoning, "RULE_STORE_RUNS", 1)
+    monkeypatch.setattr(OxigraphSite, "flush", counted)
+    shutil.copytree(tmp_path / "plain" / "cache", tmp_path / "churned" / "cache")  # computed once: faster
+    summary, churned = _load(tmp_path / "churned", source)
+
+    batches = -(-len(lines) // 3)
+    assert len(flushes) >= batches  # a flush after every batch, and one at the end
+    assert (summary.loaded, summary.rejected) == (plain_summary.loaded, plain_summary.rejected) == (len(CASES), 2)
+    assert [r["problem"]["status"] for r in summary.rejections] == [422, 409]
+    assert all(asserted and inferred for asserted, inferred in churned.values())
+    assert churned == plain
