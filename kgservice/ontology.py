@@ -7,7 +7,6 @@ the answers and the vocabulary need, so that no request parses or walks the onto
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -98,7 +97,6 @@ class SparqlRule:
     stratum: int
     order: float
     query: str
-    batch_query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,24 +242,9 @@ class Ontology:
                     stratum=int(cast(Literal, stratum)) if stratum is not None else 1,
                     order=float(cast(Literal, order)) if order is not None else 0.0,
                     query=text,
-                    batch_query=self._batch_form(rule, text),
                 )
             )
         return tuple(sorted(rules, key=lambda r: (r.stratum, r.order, str(r.term.iri))))
-
-    def _batch_form(self, rule: Node, text: str) -> str | None:
-        """The rule run once for many cases: ``$this`` bound by the shape's target pattern.
-
-        SHACL-AF binds ``$this`` to each focus node in turn; matching ``$this a <target>``
-        first in the WHERE clause gives every focus node at once, with the same results,
-        since a rule reads only its own case's facts. None when the rule's shape has no
-        single target class or the query has no ``WHERE {``.
-        """
-        targets = {t for shape in self.graph.subjects(SH.rule, rule) for t in self.graph.objects(shape, SH.targetClass)}
-        match = re.search(r"\bWHERE\s*\{", text, re.IGNORECASE)
-        if len(targets) != 1 or match is None:
-            return None
-        return f"{text[:match.end()]} $this a <{targets.pop()}> . {text[match.end():]}"
 
     def _prefixes_for(self, rule: Node) -> str:
         lines = []
