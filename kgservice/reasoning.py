@@ -36,7 +36,7 @@ from .explain import Facts, derivations, satisfied
 from .ontology import CASE_BASE, ESI, AllOf, AnyOf, Expr, HasValue, Ontology, SomeValues, Triple
 from .terms import constructed, from_ox, serialized, triple_to_ox, triples_to_ox
 
-#: Rule runs on one in-memory rule store before it is replaced (see _rule_store_for_a_run).
+#: Cases whose rules run on one in-memory rule store before it is replaced (see _rule_store_for).
 RULE_STORE_RUNS = 500
 #: Where the rule store keeps the ontology facts every rule run sees; each run adds a graph.
 RULE_SUPPORT_GRAPH = ox.NamedNode("urn:esi-kg:rule-support")
@@ -213,14 +213,14 @@ class Reasoner:
         store.extend(self._rule_support)
         return store
 
-    def _rule_store_for_a_run(self) -> ox.Store:
-        """The shared rule store, replaced every RULE_STORE_RUNS runs: pyoxigraph's in-memory
-        store keeps the space of removed quads (~40 KB a run, measured: 2 GB after 50k cases),
-        and only a new store gives it back. Runs still using the old one finish on it."""
+    def _rule_store_for(self, cases: int) -> ox.Store:
+        """The shared rule store, replaced after RULE_STORE_RUNS case runs: pyoxigraph's
+        in-memory store keeps the space of removed quads (~40 KB a case, measured: 2 GB after
+        50k cases), and only a new store gives it back. Runs on the old one finish there."""
         with self._rule_lock:
-            self._rule_runs += 1
+            self._rule_runs += cases
             if self._rule_runs > RULE_STORE_RUNS:
-                self._rule_store, self._rule_runs = self._new_rule_store(), 1
+                self._rule_store, self._rule_runs = self._new_rule_store(), cases
             return self._rule_store
 
     def _may_complete_a_rule(self, new: list[Triple], owned: dict[URIRef, list[Triple]], iris: set[URIRef]) -> bool:
@@ -260,7 +260,7 @@ class Reasoner:
         rules = self._rules.get(stratum, [])
         if not rules:
             return []
-        store = self._rule_store_for_a_run()
+        store = self._rule_store_for(len(cases))
         graphs = {case.iri: ox.BlankNode() for case in cases}
         for iri, graph in graphs.items():
             store.extend(triples_to_ox(facts.get(iri, ()), graph))
@@ -345,11 +345,10 @@ def _by_owner(closure: Iterable[Triple], cases: set[URIRef]) -> dict[URIRef, lis
     """The closure's triples about each case's nodes (the TBox closure is left out)."""
     owned: dict[URIRef, list[Triple]] = {}
     by_text = {str(iri): iri for iri in cases}
-    cache: dict[Node, URIRef | None] = {}  # a node is the subject of many triples
     for t in closure:
         s = t[0]
-        owner = cache[s] if s in cache else cache.setdefault(s, _owner(s, by_text))
-        if owner is not None:
+        # Most of the closure is the ontology's: a string test sets it aside, no rdflib hashing.
+        if isinstance(s, URIRef) and s.startswith(CASE_BASE) and (owner := _owner(s, by_text)) is not None:
             owned.setdefault(owner, []).append(t)
     return owned
 

@@ -1,7 +1,7 @@
 """What keeps ``kgservice load``'s memory bounded changes nothing it stores.
 
 The loader flushes each site's memtables every ``FLUSH_AFTER_QUADS`` quads, and the reasoner
-replaces its in-memory rule store every ``RULE_STORE_RUNS`` runs. Here both happen after every
+replaces its in-memory rule store after ``RULE_STORE_RUNS`` cases. Here both happen after every
 batch: the store must still hold every valid case whole (its asserted and inferred graphs), the
 same triples as a load that does neither, and report the invalid lines.
 """
