@@ -105,7 +105,7 @@ def reason_batch(items: list[Item], site: str, kb: Any = None) -> list[tuple[int
             valid.append((position, case))
     reasoned_all = kb.reason_valid([c for _, c in valid], answers=False)
     for (position, case), reasoned in zip(valid, reasoned_all, strict=True):
-        asserted = ox.serialize([triple_to_ox(t) for t in case.graph], format=ox.RdfFormat.N_TRIPLES)
+        asserted = ox.serialize(case.ox_triples, format=ox.RdfFormat.N_TRIPLES)
         inferred = ox.serialize([triple_to_ox(t) for t in reasoned.inferred], format=ox.RdfFormat.N_TRIPLES)
         results.append((position, case.id, (asserted, inferred)))
     return results

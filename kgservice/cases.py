@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cached_property
 from typing import Any, cast
 
 import pyoxigraph as ox
@@ -22,7 +23,7 @@ from rdflib.term import Node
 
 from .errors import InvalidCase, MalformedInput, Violation
 from .ontology import CASE_BASE, ESI, local_name
-from .terms import from_ox
+from .terms import from_ox, triple_to_ox
 
 # \Z, not $: "$" also matches before a final newline, and "p01\n" is no id (nor a code, nor a site).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
@@ -100,6 +101,21 @@ class CaseGraph:
     value_paths: dict[Triple, str] = field(default_factory=dict)
     json_values: dict[str, Any] = field(default_factory=dict)
     problems: list[Violation] = field(default_factory=list)
+
+    # The case is read once and then only looked at: validation, reasoning, the answer and
+    # the store each take its triples, and walking an rdflib graph costs ~2 µs a triple.
+    @cached_property
+    def triples(self) -> tuple[Triple, ...]:
+        """The asserted triples, once the case is read."""
+        return tuple(self.graph)
+
+    @cached_property
+    def ox_triples(self) -> tuple[ox.Triple, ...]:
+        """The same, as Oxigraph triples."""
+        return tuple(triple_to_ox(t) for t in self.triples)
+
+    def ox_quads(self, graph: ox.NamedNode | ox.BlankNode | ox.DefaultGraph) -> list[ox.Quad]:
+        return [ox.Quad(t.subject, t.predicate, t.object, graph) for t in self.ox_triples]
 
     def path_of(self, focus: Node, prop: Node | None, value: Node | None) -> str:
         """The JSON path of a SHACL result (focus node, result path, value node)."""

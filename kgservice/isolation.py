@@ -190,7 +190,7 @@ def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id
 
     if not graphs:
         return Outcome(case.id, reasoned.answer, [], [])
-    return Outcome(case.id, reasoned.answer, triples(case.graph), triples(reasoned.inferred))
+    return Outcome(case.id, reasoned.answer, list(case.ox_triples), triples(reasoned.inferred))
 
 
 def _worker_main(settings: Settings, conn: Connection, guard: bool) -> None:

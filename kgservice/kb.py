@@ -78,11 +78,11 @@ class KnowledgeBase:
 
     def check_many(self, batch: Sequence[CaseGraph]) -> list[list[Violation]]:
         """The violations of each case, validated together (one SHACL run for the batch)."""
-        too_big = {i for i, case in enumerate(batch) if len(case.graph) > self.max_case_triples}
+        too_big = {i for i, case in enumerate(batch) if len(case.triples) > self.max_case_triples}
         rest = [case for i, case in enumerate(batch) if i not in too_big]
         reports = iter(self.validator.validate_many(rest) if rest else [])
         return [[Violation("$", f"a case may hold at most {self.max_case_triples} triples, "
-                                f"this one has {len(case.graph)}")] if i in too_big else next(reports).violations
+                                f"this one has {len(case.triples)}")] if i in too_big else next(reports).violations
                 for i, case in enumerate(batch)]
 
     # -- reasoning -------------------------------------------------------------------------
@@ -107,11 +107,11 @@ class KnowledgeBase:
     @staticmethod
     def reasoner_input(case: CaseGraph) -> CaseInput:
         """A valid case as the reasoner takes it: asserted triples plus computed observations."""
-        return CaseInput(case.iri, tuple(case.graph), tuple(cases.observations(case.graph, case.iri)))
+        return CaseInput(case.iri, case.triples, tuple(cases.observations(case.graph, case.iri)))
 
     def answer_from_graphs(self, case: CaseGraph, inferred: set[Triple]) -> dict[str, Any]:
         store = ox.Store()
-        store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))
+        store.extend(case.ox_quads(ox.DefaultGraph()))
         store.extend(triples_to_ox(inferred, ox.DefaultGraph()))
         return self.answers.answer(store, case.iri, case.id)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ class CaseValidator:
         self._sparql = SparqlConstraints(shapes)
         self._support = _type_support(ontology.graph)
 
-    def support_for(self, case: Graph) -> set[Triple]:
+    def support_for(self, case: Iterable[Triple]) -> set[Triple]:
         """The ontology triples ``sh:class`` needs for this case: the types of the terms it
         uses and their superclass chains (a few dozen triples, not the whole ontology)."""
         needed: set[Triple] = set()
@@ -99,7 +99,7 @@ class CaseValidator:
         report each case's violations on its own."""
         support: set[Triple] = set()
         for case in cases:
-            support |= self.support_for(case.graph)
+            support |= self.support_for(case.triples)
         owner = _Owners(cases)
         found = [list(case.problems) for case in cases]
         for focus, path, value, shape, message in self._core_results(support, cases):
@@ -113,7 +113,7 @@ class CaseValidator:
             found[index].append(Violation(where, message, _named_shape(self.shapes, shape), _shown(case, where, value)))
         store = ox.Store()
         for case in cases:
-            store.extend(triples_to_ox(case.graph, ox.DefaultGraph()))
+            store.extend(case.ox_quads(ox.DefaultGraph()))
         for focus_ox, row, message, shape_iri in self._sparql.results(store):
             focus = from_ox(focus_ox)
             index = owner.of(focus)
@@ -131,7 +131,7 @@ class CaseValidator:
                       ) -> Iterator[tuple[Node, Node | None, Node | None, Node | None, str]]:
         """``(focus, path, value, source shape, message)`` of each SHACL Core violation."""
         if self._compiled is not None:
-            data = shacl.Data(itertools.chain(support, *(case.graph for case in cases)))
+            data = shacl.Data(itertools.chain(support, *(case.triples for case in cases)))
             for r in self._compiled.validate(data):
                 if r.severity == SH.Violation:
                     yield r.focus, r.path, r.value, r.shape, r.message
