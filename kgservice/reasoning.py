@@ -6,13 +6,14 @@ The pipeline is stratified, as the ontology's rules declare (``esi:stratum``):
    dates and closed-world absences, which OWL cannot express);
 2. an OWL 2 RL engine closes the ontology's axioms plus the case;
 3. stratum-2 SPARQL rules run on that closure (absences of inferred facts), and the
-   closure is brought up to date.
+   closure is brought up to date: closed again for the cases whose new facts could
+   complete an OWL rule, extended by the new facts alone for the others.
 
 Then every conclusion gets a derivation (see :mod:`kgservice.explain`). The result per
 case is its *inferred graph*: observations, conclusions, inferred types and derivations.
 
-Two OWL 2 RL engines sit behind one interface: ``reasonable`` (Rust, fast; incremental
-when stratum-2 rules add facts) and ``owlrl`` (the pure-Python reference).
+Two OWL 2 RL engines sit behind one interface: ``reasonable`` (Rust, fast) and ``owlrl``
+(the pure-Python reference).
 """
 
 from __future__ import annotations
@@ -47,11 +48,9 @@ _DROP_TYPES = {OWL.Thing, OWL.NamedIndividual}
 
 
 class Session(Protocol):
-    """One reasoning run: close once, then add facts and close again."""
+    """One reasoning run: the ontology's axioms plus some facts, closed once."""
 
     def close(self) -> Iterable[Triple]: ...
-
-    def add(self, triples: Sequence[Triple]) -> Iterable[Triple]: ...
 
 
 class ReasonableSession:
@@ -68,10 +67,6 @@ class ReasonableSession:
     def close(self) -> Iterable[Triple]:
         return self._reasoner.reason()  # type: ignore[no-any-return]
 
-    def add(self, triples: Sequence[Triple]) -> Iterable[Triple]:
-        self._reasoner.from_graph(list(triples))
-        return self._reasoner.reason()  # type: ignore[no-any-return]
-
 
 class OwlrlSession:
     def __init__(self, tbox: TBoxFile, triples: Sequence[Triple]) -> None:
@@ -84,11 +79,6 @@ class OwlrlSession:
             self._graph
         )
         return self._graph  # type: ignore[return-value]
-
-    def add(self, triples: Sequence[Triple]) -> Iterable[Triple]:
-        for t in triples:
-            self._graph.add(t)
-        return self.close()
 
 
 ENGINES: dict[str, Callable[[TBoxFile, Sequence[Triple]], Session]] = {
@@ -187,18 +177,28 @@ class Reasoner:
             return {}
         strata = self.ontology.strata
         iris = {c.iri for c in cases}
-        facts = [t for c in cases for t in (*c.asserted, *c.observations)]
-        found = self._run_rules(strata[0], cases, {c.iri: [*c.asserted, *c.observations] for c in cases})
-        session = self._session(self._case_tbox, [*facts, *found])
+        # What the OWL engine is given per case (and, rarely, about no case in particular).
+        given: dict[URIRef, list[Triple]] = {c.iri: [*c.asserted, *c.observations] for c in cases}
+        shared: list[Triple] = []
+        _add_by_owner(self._run_rules(strata[0], cases, given), iris, given, shared)
+        session = self._session(self._case_tbox, [*shared, *(t for ts in given.values() for t in ts)])
         owned = _by_owner(session.close(), iris)
         for stratum in strata[1:]:
-            more = self._run_rules(stratum, cases, owned)
-            if more and (self.always_close or self._may_complete_a_rule(more, owned, iris)):
-                owned = _by_owner(session.add(more), iris)
-            else:  # the closure cannot grow but by these facts themselves
-                for t in more:
-                    if (owner := _owner(t[0], iris)) is not None:
-                        owned.setdefault(owner, []).append(t)
+            more: dict[URIRef, list[Triple]] = {}
+            unowned: list[Triple] = []
+            _add_by_owner(self._run_rules(stratum, cases, owned), iris, more, unowned)
+            # A case whose new facts may complete an OWL rule is closed again, in a session of
+            # its own: one such case no longer costs its whole batch a second pass.
+            again = {iri for iri, new in more.items() if unowned or self.always_close
+                     or self._may_complete_a_rule(new, {iri: owned.get(iri, [])}, {iri})}
+            for iri, new in more.items():
+                given[iri].extend(new)
+                if iri not in again:  # the closure cannot grow but by these facts themselves
+                    owned.setdefault(iri, []).extend(new)
+            shared.extend(unowned)
+            if again:
+                rerun = self._session(self._case_tbox, [*shared, *(t for iri in again for t in given[iri])])
+                owned.update(_by_owner(rerun.close(), again))
         out: dict[URIRef, set[Triple]] = {}
         for case in cases:
             asserted = set(case.asserted)
@@ -339,6 +339,16 @@ def _properties_in(expr: Expr) -> set[Node]:
     if isinstance(expr, AllOf | AnyOf):
         return set().union(*(_properties_in(part) for part in expr.parts))
     return set()
+
+
+def _add_by_owner(triples: Iterable[Triple], cases: set[URIRef], into: dict[URIRef, list[Triple]],
+                  unowned: list[Triple]) -> None:
+    by_text = {str(iri): iri for iri in cases}
+    for t in triples:
+        if (owner := _owner(t[0], by_text)) is not None:
+            into.setdefault(owner, []).append(t)
+        else:
+            unowned.append(t)
 
 
 def _by_owner(closure: Iterable[Triple], cases: set[URIRef]) -> dict[URIRef, list[Triple]]:
