@@ -1,6 +1,6 @@
 """What keeps ``kgservice load``'s memory bounded changes nothing it stores.
 
-The loader flushes each site's memtables every ``FLUSH_AFTER_QUADS`` quads, and the reasoner
+The loader flushes its site's memtables every ``BULK_FLUSH_AFTER_QUADS`` quads, and the reasoner
 replaces its in-memory rule store after ``RULE_STORE_RUNS`` cases. Here both happen after every
 batch: the store must still hold every valid case whole (its asserted and inferred graphs), the
 same triples as a load that does neither, and report the invalid lines.
@@ -58,6 +58,7 @@ def test_flushing_and_renewing_mid_ingest_keeps_every_case_whole(tmp_path: Path,
         real_flush(site)
 
     monkeypatch.setattr(store, "FLUSH_AFTER_QUADS", 1)
+    monkeypatch.setattr(bulk, "BULK_FLUSH_AFTER_QUADS", 1)
     monkeypatch.setattr(reasoning, "RULE_STORE_RUNS", 1)
     monkeypatch.setattr(OxigraphSite, "flush", counted)
     shutil.copytree(tmp_path / "plain" / "cache", tmp_path / "churned" / "cache")  # computed once: faster
