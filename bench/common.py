@@ -44,3 +44,16 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
     return str(value)
+
+
+def owlrl_closure(kb: Any, case: dict[str, Any]) -> Any:
+    """The obvious baseline: the ontology and the case in one rdflib graph, closed by owlrl
+    (the full OWL 2 RL closure). Returns the graph."""
+    import owlrl
+    from rdflib import Graph
+
+    g = Graph()
+    g += kb.ontology.graph
+    g += kb.read_json(case).graph
+    owlrl.DeductiveClosure(owlrl.OWLRL_Semantics).expand(g)
+    return g

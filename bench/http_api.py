@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import summary_ms, table, timed
+from common import owlrl_closure, summary_ms, table, timed
 from ingest import generator, kb, root
 from loadgen import Server, group_cpu_s
 
@@ -48,18 +48,8 @@ def _loadgen(port: int, path: str, bodies: Path, clients: int, duration: float, 
 
 
 def _owlrl_per_request(cases: list[dict[str, Any]]) -> list[float]:
-    import owlrl
-    from rdflib import Graph
-
     base = kb()
-
-    def one(case: dict[str, Any]) -> None:
-        g = Graph()
-        g += base.ontology.graph
-        g += base.read_json(case).graph
-        owlrl.DeductiveClosure(owlrl.OWLRL_Semantics).expand(g)
-
-    return [timed(lambda c=c: one(c)) for c in cases]
+    return [timed(lambda c=c: owlrl_closure(base, c)) for c in cases]
 
 
 def run(quick: bool) -> str:

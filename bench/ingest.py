@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from common import table, timed
+from common import owlrl_closure, table, timed
 from generator import CaseGenerator
 from loadgen import group_memory_kb
 
@@ -272,17 +272,13 @@ def _load(path: Path, data_dir: Path, checkpoints: tuple[int, ...] = ()) -> dict
 
 def _baseline(cases: list[dict[str, Any]]) -> float:
     """The obvious approach: per case, owlrl closure of ontology + case, added to one rdflib Dataset."""
-    import owlrl
-    from rdflib import Dataset, Graph, URIRef
+    from rdflib import Dataset, URIRef
 
     base = kb()
     dataset = Dataset()
 
     def one(case: dict[str, Any]) -> None:
-        g = Graph()
-        g += base.ontology.graph
-        g += base.read_json(case).graph
-        owlrl.DeductiveClosure(owlrl.OWLRL_Semantics).expand(g)
+        g = owlrl_closure(base, case)
         target = dataset.graph(URIRef(f"https://example.org/case/{case['id']}"))
         for triple in g:
             target.add(triple)

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import pyoxigraph as ox
 import pytest
 from flask.testing import FlaskClient
+from serverutil import unordered
 from werkzeug.test import TestResponse
 
 from kgservice.api import create_app
@@ -49,15 +50,6 @@ def case_of(name: str, **changes: Any) -> dict[str, Any]:
 
 def codes(items: list[dict[str, Any]]) -> list[str]:
     return [item["code"] for item in items]
-
-
-def unordered(value: Any) -> Any:
-    """JSON with every list in a canonical order, to compare cases whose lists come back sorted."""
-    if isinstance(value, dict):
-        return {k: unordered(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return sorted((unordered(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
-    return value
 
 
 def triples(response: TestResponse) -> list[ox.Triple]:
