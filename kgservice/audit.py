@@ -32,10 +32,3 @@ class AuditLog:
 
     def close(self) -> None:
         os.close(self._fd)
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every record of an audit file (for tooling and tests)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -111,12 +111,6 @@ class QueryError(ESIError):
     title = "Bad query"
 
 
-class ReasoningTimeout(ESIError):
-    status = 503
-    type_slug = "timeout"
-    title = "Service unavailable: time limit reached"
-
-
 class OntologyError(ESIError):
     """The ontology or shapes files are broken; raised at load, never per request."""
 

@@ -288,7 +288,7 @@ def _record_rule(rule: URIRef, case: URIRef, triples: list[Triple]) -> list[Trip
     """A SPARQL rule states what it concludes (``?why esi:concludes X``); record which rule it was."""
     out: list[Triple] = []
     for s, p, _ in triples:
-        if p == ESI.concludes and _owner(s, {case}) is not None:
+        if p == ESI.concludes and _owner(s, {str(case): case}) is not None:
             out += [(case, ESI.hasDerivation, s), (s, RDF.type, ESI.Derivation), (s, ESI.byRule, rule)]
     return out
 
@@ -342,35 +342,31 @@ def _properties_in(expr: Expr) -> set[Node]:
 
 
 def _add_by_owner(triples: Iterable[Triple], cases: set[URIRef], into: dict[URIRef, list[Triple]],
-                  unowned: list[Triple]) -> None:
+                  unowned: list[Triple] | None = None) -> None:
+    """Sort triples by the case their subject belongs to; the rest go to ``unowned`` (if given)."""
     by_text = {str(iri): iri for iri in cases}
     for t in triples:
         if (owner := _owner(t[0], by_text)) is not None:
             into.setdefault(owner, []).append(t)
-        else:
+        elif unowned is not None:
             unowned.append(t)
 
 
 def _by_owner(closure: Iterable[Triple], cases: set[URIRef]) -> dict[URIRef, list[Triple]]:
     """The closure's triples about each case's nodes (the TBox closure is left out)."""
     owned: dict[URIRef, list[Triple]] = {}
-    by_text = {str(iri): iri for iri in cases}
-    for t in closure:
-        s = t[0]
-        # Most of the closure is the ontology's: a string test sets it aside, no rdflib hashing.
-        if isinstance(s, URIRef) and s.startswith(CASE_BASE) and (owner := _owner(s, by_text)) is not None:
-            owned.setdefault(owner, []).append(t)
+    _add_by_owner(closure, cases, owned)
     return owned
 
 
-def _owner(node: Node, cases: set[URIRef] | dict[str, URIRef]) -> URIRef | None:
-    """The case a node belongs to: the case itself, or a node named under its IRI."""
+def _owner(node: Node, cases: dict[str, URIRef]) -> URIRef | None:
+    """The case a node belongs to (the case itself, or a node named under its IRI), looked up
+    by string: most nodes are the ontology's and fail the first test, no rdflib hashing."""
     if not isinstance(node, URIRef) or not node.startswith(CASE_BASE):
         return None
-    by_text = cases if isinstance(cases, dict) else {str(iri): iri for iri in cases}
     text = str(node).split("#", 1)[0]
     while len(text) > len(CASE_BASE):
-        if (iri := by_text.get(text)) is not None:
+        if (iri := cases.get(text)) is not None:
             return iri
         text = text.rsplit("/", 1)[0]
     return None

@@ -75,9 +75,6 @@ class Data:
     def subjects_of(self, p: Node) -> list[Node]:
         return [s for s, props in self.out.items() if p in props]
 
-    def objects_of(self, p: Node) -> list[Node]:
-        return [o for o, props in self.into.items() if p in props]
-
     def is_instance(self, node: Node, cls: Node) -> bool:
         """SHACL instance (SHACL 1.4): a type of ``node`` is ``cls`` or one of its subclasses."""
         todo = list(self.objects(node, RDF.type))

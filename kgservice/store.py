@@ -269,13 +269,6 @@ class Stores:
                 found = self._sites[site] = OxigraphSite(site, path)
             return found
 
-    def known_sites(self) -> Iterator[str]:
-        if self.data_dir is None:
-            yield from sorted(self._sites)
-            return
-        root = self.data_dir / "sites"
-        yield from sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else ()
-
     def close(self) -> None:
         with self._open:
             for store in self._sites.values():
