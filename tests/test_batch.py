@@ -37,6 +37,34 @@ def test_a_batch_infers_for_each_case_what_it_infers_alone(kb: Any) -> None:
     assert together == alone
 
 
+def test_the_benchmark_generator_covers_every_category_and_code(kb: Any) -> None:
+    """bench/generator.py: seeded (the same cases twice), valid, and over 300 cases every response
+    category occurs and every input code is used."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from generator import CaseGenerator
+
+    vocabulary = kb.vocabulary["input"]
+    cases = list(CaseGenerator(vocabulary, seed=4).cases(300, prefix="cover"))
+    assert cases[:20] == list(CaseGenerator(vocabulary, seed=4).cases(20, prefix="cover"))
+    reasoned = kb.reason([kb.read_json(c) for c in cases])  # raises on an invalid case
+    categories = {r.answer["response"]["category"] for r in reasoned}
+    assert categories == {entry["code"] for entry in kb.vocabulary["answer"]["response.category"]}
+
+    def used(case: dict[str, Any], field: str) -> set[str]:
+        parent, _, child = field.partition(".")
+        value = case.get(parent)
+        items = value if isinstance(value, list) else [value]
+        if child:
+            items = [item.get(child) for item in items if isinstance(item, dict)]
+        return {v for v in items if isinstance(v, str)}
+
+    for field, entries in vocabulary.items():
+        seen = set().union(*(used(c, field) for c in cases))
+        assert {e["code"] for e in entries} <= seen, field
+
+
 def test_batch_validation_reports_each_case_its_own_violations(kb: Any, make_case: Any) -> None:
     good, bad = make_case(id="good"), make_case(id="bad", age=12)
     reports = kb.check_many([kb.read_json(good), kb.read_json(bad), kb.read_json(make_case(id="ok2"))])
