@@ -20,19 +20,14 @@ from werkzeug.wsgi import get_input_stream
 from . import access
 from .access import note, requires
 from .config import Settings
-from .errors import ESIError, InvalidCase, Violation
+from .errors import ESIError, InternalError, InvalidCase, Violation, problem_json
+from .media import JSON, JSONLD, NTRIPLES, PROBLEM, RDF_FORMATS, TURTLE
 from .service import Service
 from .terms import triple_to_ox
 from .web import negotiate, service, site
 
 log = logging.getLogger(__name__)
 
-PROBLEM = "application/problem+json"
-JSON = "application/json"
-TURTLE = "text/turtle"
-JSONLD = "application/ld+json"
-NTRIPLES = "application/n-triples"
-RDF_OUT = {TURTLE: ox.RdfFormat.TURTLE, JSONLD: ox.RdfFormat.JSON_LD, NTRIPLES: ox.RdfFormat.N_TRIPLES}
 PREFIXES = {
     "esi": "https://w3id.org/esi-kg/ontology#",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -91,28 +86,21 @@ def _bounded_stream() -> None:
 # -- errors ----------------------------------------------------------------------------------
 
 
-def problem(status: int, title: str, detail: str = "", slug: str | None = None, **extra: Any) -> Response:
-    body: dict[str, Any] = {
-        "type": f"https://w3id.org/esi-kg/problems/{slug or title.lower().replace(' ', '-')}",
-        "title": title,
-        "status": status,
-    }
-    if detail:
-        body["detail"] = detail
-    body.update(extra)
-    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM)
+def problem_response(body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False, default=str), status=body["status"], mimetype=PROBLEM)
 
 
 def _domain_error(exc: ESIError) -> Response:
-    body = exc.problem()
-    response = Response(json.dumps(body, ensure_ascii=False, default=str), status=exc.status, mimetype=PROBLEM)
+    response = problem_response(exc.problem())
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="esi-kg"'
     return response
 
 
 def _http_error(exc: HTTPException) -> Response:
-    response = problem(exc.code or 500, exc.name, exc.description or "")
+    title = exc.name
+    response = problem_response(problem_json(exc.code or 500, title.lower().replace(" ", "-"), title,
+                                             exc.description or ""))
     if exc.code == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response
@@ -120,7 +108,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _unexpected_error(exc: Exception) -> Response:
     log.exception("unexpected error")
-    return problem(500, "Internal Server Error", "an unexpected error was logged; nothing was stored")
+    return problem_response(InternalError().problem())
 
 
 def _headers(response: Response) -> Response:
@@ -136,7 +124,7 @@ def _headers(response: Response) -> Response:
 def rdf_response(graph: Graph, media_type: str, status: int = 200) -> Response:
     triples = [triple_to_ox(t) for t in graph]
     prefixes = PREFIXES if media_type == TURTLE else None
-    body = ox.serialize(triples, format=RDF_OUT[media_type], prefixes=prefixes)
+    body = ox.serialize(triples, format=RDF_FORMATS[media_type], prefixes=prefixes)
     return Response(body, status=status, mimetype=media_type)
 
 

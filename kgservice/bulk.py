@@ -22,9 +22,9 @@ import pyoxigraph as ox
 
 from .cases import DEFAULT_SITE, load_json
 from .config import Settings
-from .errors import ESIError, InvalidCase, MalformedInput
+from .errors import ESIError, MalformedInput, Problem
+from .media import JSON
 from .store import CaseGraphs, Stores
-from .terms import triple_to_ox
 
 #: The loader flushes less often than the server (about every 2600 cases): each flush makes
 #: a small file for RocksDB to compact, and at 100k cases compaction was a sixth of the CPU.
@@ -96,28 +96,21 @@ def reason_batch(items: list[Item], site: str, kb: Any = None) -> list[tuple[int
     so that the loader writes a batch with one parse in Rust (no Python object per triple)."""
     kb = kb or _kb
     results: list[tuple[int, str | None, Any]] = []
-    read = []
+    readable = []
     for position, item in items:
-        if isinstance(item, ESIError):
+        if isinstance(item, ESIError):  # the line or file could not be read as JSON
             results.append((position, None, item.problem()))
-            continue
-        try:
-            read.append((position, kb.read_json(item, site=site)))
-        except ESIError as exc:
-            results.append((position, item.get("id") if isinstance(item, dict) else None, exc.problem()))
-    valid = []
-    for (position, case), problems in zip(read, kb.check_many([c for _, c in read]), strict=True):
-        if problems:
-            results.append((position, case.id, InvalidCase(problems).problem()))
         else:
-            valid.append((position, case))
-    reasoned_all = kb.reason_valid([c for _, c in valid], answers=False)
-    for (position, case), reasoned in zip(valid, reasoned_all, strict=True):
-        graphs = CaseGraphs.of(site, case.id)
-        quads = [*case.ox_quads(graphs.asserted),
-                 *(ox.Quad(t.subject, t.predicate, t.object, graphs.inferred)
-                   for t in (triple_to_ox(t) for t in reasoned.inferred))]
-        results.append((position, case.id, serialized_quads(quads)))
+            readable.append((position, item))
+    outcomes = kb.process([item for _, item in readable], JSON, site, answers=False, graphs=True)
+    for (position, _), outcome in zip(readable, outcomes, strict=True):
+        if isinstance(outcome, Problem):
+            results.append((position, outcome.case_id, outcome.problem()))
+            continue
+        graphs = CaseGraphs.of(site, outcome.case_id)
+        quads = [*(ox.Quad(t.subject, t.predicate, t.object, graphs.asserted) for t in outcome.asserted),
+                 *(ox.Quad(t.subject, t.predicate, t.object, graphs.inferred) for t in outcome.inferred)]
+        results.append((position, outcome.case_id, serialized_quads(quads)))
     return results
 
 

@@ -22,6 +22,7 @@ from rdflib import OWL, RDF, RDFS, XSD, Graph, Literal, URIRef
 from rdflib.term import Node
 
 from .errors import InvalidCase, MalformedInput, Violation
+from .media import RDF_FORMATS
 from .ontology import CASE_BASE, ESI, local_name
 from .terms import from_ox, triple_to_ox
 
@@ -29,14 +30,6 @@ from .terms import from_ox, triple_to_ox
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MAX_JSON_DEPTH = 16
-
-RDF_FORMATS = {
-    "text/turtle": ox.RdfFormat.TURTLE,
-    "application/ld+json": ox.RdfFormat.JSON_LD,
-    "application/n-triples": ox.RdfFormat.N_TRIPLES,
-}
-#: Every media type a case may be sent in; JSON first.
-CASE_MEDIA_TYPES = ("application/json", *RDF_FORMATS)
 
 Triple = tuple[Node, Node, Node]
 

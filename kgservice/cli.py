@@ -7,11 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .auth import SCOPES, TokenStore
 from .config import ENGINES, Settings
-from .errors import ESIError, InvalidCase, MalformedInput
+from .errors import MalformedInput, Problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,24 +92,10 @@ def cmd_pathway(args: argparse.Namespace, settings: Settings) -> int:
         print(f"kgservice: {args.file}: {exc.detail}", file=sys.stderr)
         return 2
     kb = KnowledgeBase.from_settings(settings)
-    items = data if isinstance(data, list) else [data]
-    results: list[dict[str, Any]] = []
-    failed = False
-    for start in range(0, len(items), settings.max_batch):
-        outcome: list[Any] = []  # per item: its CaseGraph while valid, else its problem JSON
-        for item in items[start:start + settings.max_batch]:
-            try:
-                outcome.append(kb.read_json(item))
-            except ESIError as exc:
-                outcome.append(exc.problem())
-        read = [o for o in outcome if not isinstance(o, dict)]
-        problems = dict(zip(map(id, read), kb.check_many(read), strict=True))  # one SHACL run per batch
-        outcome = [InvalidCase(problems[id(o)]).problem() if not isinstance(o, dict) and problems[id(o)] else o
-                   for o in outcome]
-        failed = failed or any(isinstance(o, dict) for o in outcome)
-        answers = iter(r.answer for r in kb.reason_valid([o for o in outcome if not isinstance(o, dict)]))
-        results.extend(o if isinstance(o, dict) else next(answers) for o in outcome)
-    out = results if isinstance(data, list) else results[0]
+    results = kb.process(data if isinstance(data, list) else [data])
+    answers = [r.problem() if isinstance(r, Problem) else r.answer for r in results]
+    failed = any(isinstance(r, Problem) for r in results)
+    out = answers if isinstance(data, list) else answers[0]
     json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
     return 1 if failed else 0

@@ -24,6 +24,22 @@ class Violation:
         return out
 
 
+PROBLEM_BASE = "https://w3id.org/esi-kg/problems/"
+
+
+def problem_json(status: int, slug: str, title: str, detail: str = "", **extra: Any) -> dict[str, Any]:
+    """An RFC 9457 problem object: the one place its fields are written.
+
+    >>> problem_json(404, "not-found", "Not found", "no case 'p01'")["type"]
+    'https://w3id.org/esi-kg/problems/not-found'
+    """
+    body: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return body
+
+
 class ESIError(Exception):
     """Base class: every subclass knows its HTTP status and problem type."""
 
@@ -37,15 +53,40 @@ class ESIError(Exception):
         self.extra = extra
 
     def problem(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": f"https://w3id.org/esi-kg/problems/{self.type_slug}",
-            "title": self.title,
-            "status": self.status,
-        }
-        if self.detail:
-            body["detail"] = self.detail
-        body.update(self.extra)
-        return body
+        return problem_json(self.status, self.type_slug, self.title, self.detail, **self.extra)
+
+
+class InternalError(ESIError):
+    """Something unexpected; the details went to the log, never to the client."""
+
+    def __init__(self) -> None:
+        super().__init__("an unexpected error was logged; nothing was stored")
+
+
+class Problem(ESIError):
+    """A problem already in its JSON form: one case's in a batch, or one raised in another process.
+
+    ``case_id`` is the id of the case it concerns, when the case could be read that far;
+    ``error`` the exception it was made from, in the process that raised it (pickling, to hand
+    a problem back from a worker process, keeps only the JSON).
+    """
+
+    def __init__(self, body: dict[str, Any], case_id: str | None = None, error: ESIError | None = None) -> None:
+        super().__init__(str(body.get("detail", "")))
+        self.status = int(body.get("status", 500))
+        self.body = body
+        self.case_id = case_id
+        self.error: ESIError = error or self
+
+    @classmethod
+    def of(cls, exc: ESIError, case_id: str | None = None) -> Problem:
+        return cls(exc.problem(), case_id, exc.error if isinstance(exc, Problem) else exc)
+
+    def problem(self) -> dict[str, Any]:
+        return self.body
+
+    def __reduce__(self) -> tuple[type[Problem], tuple[dict[str, Any], str | None]]:
+        return (Problem, (self.body, self.case_id))
 
 
 class MalformedInput(ESIError):

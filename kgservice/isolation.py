@@ -22,16 +22,16 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyoxigraph as ox
 
-from .cases import CASE_MEDIA_TYPES, RDF_FORMATS, load_json
 from .config import Settings
-from .errors import ESIError, InvalidCase, UnsupportedMediaType
-from .terms import triple_to_ox
+from .errors import ESIError, InternalError, Problem
+
+if TYPE_CHECKING:
+    from .kb import Outcome
 
 
 class TimeLimit(ESIError):
@@ -40,23 +40,9 @@ class TimeLimit(ESIError):
     title = "Time limit reached"
 
 
-class RemoteProblem(ESIError):
-    """A domain error raised in a child or worker process, carried back as its problem JSON."""
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(str(problem.get("detail", "")))
-        self.status = status
-        self._problem = problem
-
-    def problem(self) -> dict[str, Any]:
-        return self._problem
-
-
-def _failure(exc: BaseException) -> tuple[str, int, dict[str, Any]]:
-    if isinstance(exc, ESIError):
-        return ("problem", exc.status, exc.problem())
-    return ("problem", 500, {"type": "https://w3id.org/esi-kg/problems/internal-error", "title": "Internal error",
-                             "status": 500, "detail": "an unexpected error was logged; nothing was stored"})
+def _failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
+    """What a child or worker sends back for an error: its problem JSON (never the exception)."""
+    return ("problem", (exc if isinstance(exc, ESIError) else InternalError()).problem())
 
 
 # -- queries: fork, read, exit -----------------------------------------------------------------
@@ -146,51 +132,14 @@ def _run_child(fn: Callable[[Callable[[], None]], Any], deadline: float, timeout
     while data.startswith(_STARTED):  # the marker of a child that failed before starting
         data = data[1:]
     if not data:
-        raise RemoteProblem(500, _failure(RuntimeError())[2])
+        raise Problem(InternalError().problem())
     result = pickle.loads(data)
     if result[0] == "ok":
         return result[1]
-    raise RemoteProblem(result[1], result[2])
+    raise Problem(result[1])
 
 
 # -- reasoning: a pool of worker processes -------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """A reasoned case: its id, the contract answer and its two graphs as Oxigraph triples."""
-
-    case_id: str
-    answer: dict[str, Any]
-    asserted: list[ox.Triple]
-    inferred: list[ox.Triple]
-
-
-def reason_case(kb: Any, body: bytes, media_type: str | None, site: str, case_id: str | None,
-                graphs: bool = True) -> Outcome:
-    """Read, validate and reason one case: the work a worker does, also callable in-process.
-
-    ``graphs=False`` (``POST /pathway``, which stores nothing) leaves the graphs out."""
-    kind = (media_type or "").split(";", 1)[0].strip().lower()
-    accepted = ", ".join(CASE_MEDIA_TYPES)
-    if kind == "application/json":
-        case = kb.read_json(load_json(body), case_id=case_id, site=site)
-    elif kind in RDF_FORMATS:
-        case = kb.read_rdf(body, kind, case_id=case_id, site=site)
-    elif not kind:
-        raise UnsupportedMediaType(f"send a Content-Type: one of {accepted}")
-    else:
-        raise UnsupportedMediaType(f"{kind} is not accepted; send one of {accepted}")
-    if problems := kb.check(case):
-        raise InvalidCase(problems)
-    reasoned = kb.reason_valid([case])[0]
-
-    def triples(source: Any) -> list[ox.Triple]:
-        return [triple_to_ox(t) for t in source]
-
-    if not graphs:
-        return Outcome(case.id, reasoned.answer, [], [])
-    return Outcome(case.id, reasoned.answer, list(case.ox_triples), triples(reasoned.inferred))
 
 
 def _worker_main(settings: Settings, conn: Connection, guard: bool) -> None:
@@ -208,12 +157,13 @@ def _worker_main(settings: Settings, conn: Connection, guard: bool) -> None:
             task = conn.recv()
         except (EOFError, OSError):
             return
+        body, media_type, site, case_id, graphs = task
         try:
-            outcome = reason_case(kb, *task)
-            reply: tuple[Any, ...] = (
-                "ok", outcome.case_id, outcome.answer,
-                ox.serialize(outcome.asserted, format=ox.RdfFormat.N_TRIPLES),
-                ox.serialize(outcome.inferred, format=ox.RdfFormat.N_TRIPLES),
+            result = kb.process([body], media_type, site, case_id=case_id, graphs=graphs)[0]
+            reply: tuple[Any, ...] = ("problem", result.problem(), result.case_id) if isinstance(result, Problem) else (
+                "ok", result.case_id, result.answer,
+                ox.serialize(result.asserted, format=ox.RdfFormat.N_TRIPLES),
+                ox.serialize(result.inferred, format=ox.RdfFormat.N_TRIPLES),
             )
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, the worker lives on
             reply = _failure(exc)
@@ -262,8 +212,11 @@ class ReasoningPool:
         self._idle.put(worker)
         return worker
 
-    def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None,
-               graphs: bool = True) -> Outcome:
+    def process(self, body: bytes, media_type: str | None, site: str, case_id: str | None,
+                graphs: bool = True) -> Outcome | Problem:
+        """:meth:`KnowledgeBase.process` of one body, in a worker, under the reasoning time limit."""
+        from .kb import Outcome
+
         timeout = self.settings.reasoning_timeout_s
         worker = self._idle.get()
         replacement = None
@@ -285,7 +238,7 @@ class ReasoningPool:
                 self._all.append(worker)
             self._idle.put(worker)
         if reply[0] != "ok":
-            raise RemoteProblem(reply[1], reply[2])
+            return Problem(*reply[1:])
         _, case_id_out, answer, asserted, inferred = reply
         return Outcome(case_id_out, answer, _parse(asserted), _parse(inferred))
 

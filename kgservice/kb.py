@@ -1,13 +1,15 @@
 """The knowledge base: one ontology version with its validator, reasoner and answer builder.
 
-This is the pipeline the command line and the API share:
-case (JSON or RDF) → :mod:`cases` → :mod:`validation` → :mod:`reasoning` → :mod:`pathways`.
-Built once per ontology version; every method is safe to call from many threads.
+:meth:`KnowledgeBase.process` is the pipeline every entry point calls (the API, the command
+line, the bulk loader, the reasoning workers):
+media type → reader (:mod:`cases`) → :mod:`validation` → :mod:`reasoning` → :mod:`pathways`.
+A new input format is one entry in :data:`READERS`. Built once per ontology version; every
+method is safe to call from many threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,12 +23,56 @@ from rdflib.term import Node
 from . import cases
 from .cases import CASE_FIELDS, CaseGraph
 from .config import Settings
-from .errors import InvalidCase, Violation
+from .errors import ESIError, InvalidCase, MalformedInput, Problem, UnsupportedMediaType, Violation
+from .media import JSON, RDF_FORMATS, essence
 from .ontology import ESI, Ontology, Triple
 from .pathways import AnswerBuilder
 from .reasoning import CaseInput, Reasoner
-from .terms import triples_to_ox
+from .terms import triple_to_ox, triples_to_ox
 from .validation import CASE_SHAPES, CaseValidator, load_shapes
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How cases arrive in one media type.
+
+    ``decode`` turns a request body into what ``read`` takes (for JSON: the parsed value),
+    ``read(kb, decoded, case_id, site)`` that into the case's RDF. Both raise an
+    :class:`~kgservice.errors.ESIError` for input they cannot read.
+    """
+
+    decode: Callable[[bytes], Any]
+    read: Callable[[KnowledgeBase, Any, str | None, str], CaseGraph]
+
+
+def _rdf_reader(media_type: str) -> Reader:
+    def read(kb: KnowledgeBase, body: Any, case_id: str | None, site: str) -> CaseGraph:
+        if not isinstance(body, bytes):
+            raise MalformedInput(f"a {media_type} case must be sent as a body")
+        return cases.from_rdf(body, media_type, case_id=case_id, max_triples=kb.max_case_triples, site=site)
+
+    return Reader(lambda body: body, read)
+
+
+#: Every media type a case may be sent in, JSON first: the pipeline's one media dispatch.
+READERS: dict[str, Reader] = {
+    JSON: Reader(cases.load_json, lambda kb, data, case_id, site: cases.from_json(data, case_id=case_id, site=site)),
+    **{media_type: _rdf_reader(media_type) for media_type in RDF_FORMATS},
+}
+
+
+@dataclass
+class Outcome:
+    """A reasoned case: its id, the contract answer and (when asked for) its two graphs.
+
+    ``answer`` is empty when the caller asked for none (bulk loading); ``asserted`` and
+    ``inferred`` are empty unless the caller asked for the graphs (to store them).
+    """
+
+    case_id: str
+    answer: dict[str, Any]
+    asserted: list[ox.Triple]
+    inferred: list[ox.Triple]
 
 
 @dataclass
@@ -41,12 +87,13 @@ class Reasoned:
 class KnowledgeBase:
     def __init__(self, ontology: Ontology, case_shapes: Graph, engine: str = "reasonable",
                  max_case_triples: int = 2_000, cache_dir: Path | None = None,
-                 shacl_engine: str = "builtin") -> None:
+                 shacl_engine: str = "builtin", max_batch: int = 1_000) -> None:
         self.ontology = ontology
         self.validator = CaseValidator(ontology, case_shapes, shacl_engine)
         self.reasoner = Reasoner(ontology, engine, cache_dir=cache_dir)
         self.answers = AnswerBuilder(ontology)
         self.max_case_triples = max_case_triples
+        self.max_batch = max_batch
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KnowledgeBase:
@@ -57,13 +104,71 @@ class KnowledgeBase:
             max_case_triples=settings.max_case_triples,
             cache_dir=settings.cache_dir,
             shacl_engine=settings.shacl_engine,
+            max_batch=settings.max_batch,
         )
 
     @property
     def version(self) -> str:
         return self.ontology.version
 
-    # -- input ---------------------------------------------------------------------------
+    # -- the pipeline ----------------------------------------------------------------------
+
+    def process(self, inputs: Sequence[Any], media_type: str | None = JSON, site: str = cases.DEFAULT_SITE, *,
+                case_id: str | None = None, answers: bool = True, graphs: bool = False) -> list[Outcome | Problem]:
+        """Read, check, reason and answer cases: one :class:`Outcome` or :class:`Problem` per input, in order.
+
+        An input is a body (``bytes``, decoded by the media type's reader) or what that reader
+        decodes bodies to (for JSON: a parsed value, as the loader and the command line have
+        them). Cases are validated and reasoned together, ``max_batch`` at a time; a case that
+        cannot be read or breaks the contract gets its problem and costs the others nothing.
+        ``case_id`` names the one input's case (``PUT /cases/{id}``); ``answers=False`` skips
+        the answers, ``graphs=True`` returns the asserted and inferred graphs (to store them).
+        """
+        if case_id is not None and len(inputs) != 1:
+            raise ValueError("case_id names the case of a single input")
+        kind = essence(media_type)
+        reader = READERS.get(kind)
+        if reader is None:
+            accepted = ", ".join(READERS)
+            refused = UnsupportedMediaType(f"{kind} is not accepted; send one of {accepted}" if kind
+                                           else f"send a Content-Type: one of {accepted}")
+            return [Problem.of(refused) for _ in inputs]
+        read: list[CaseGraph | Problem] = []
+        for item in inputs:
+            try:
+                read.append(reader.read(self, reader.decode(item) if isinstance(item, bytes) else item, case_id, site))
+            except ESIError as exc:
+                read.append(Problem.of(exc))
+        out: list[Outcome | Problem] = []
+        for start in range(0, len(read), self.max_batch):
+            out.extend(self._reason_part(read[start:start + self.max_batch], answers, graphs))
+        return out
+
+    def _reason_part(self, read: list[CaseGraph | Problem], answers: bool, graphs: bool) -> list[Outcome | Problem]:
+        """Check the read cases of one batch in one SHACL run, then reason over the valid ones together."""
+        cases_read = [c for c in read if isinstance(c, CaseGraph)]
+        violations = dict(zip(map(id, cases_read), self.check_many(cases_read), strict=True))
+        checked = [Problem.of(InvalidCase(violations[id(c)]), c.id) if isinstance(c, CaseGraph) and violations[id(c)]
+                   else c for c in read]
+        reasoned = iter(self.reason_valid([c for c in checked if isinstance(c, CaseGraph)], answers))
+        out: list[Outcome | Problem] = []
+        for item in checked:
+            if isinstance(item, Problem):
+                out.append(item)
+                continue
+            done = next(reasoned)
+            out.append(Outcome(item.id, done.answer, list(item.ox_triples) if graphs else [],
+                               [triple_to_ox(t) for t in done.inferred] if graphs else []))
+        return out
+
+    def answer_json(self, data: Any) -> dict[str, Any]:
+        """JSON case in, contract answer out; raises the case's problem."""
+        result = self.process([data])[0]
+        if isinstance(result, Problem):
+            raise result.error
+        return result.answer
+
+    # -- the stages ------------------------------------------------------------------------
 
     def read_json(self, data: Any, case_id: str | None = None, site: str = cases.DEFAULT_SITE) -> CaseGraph:
         return cases.from_json(data, case_id=case_id, site=site)
@@ -88,7 +193,7 @@ class KnowledgeBase:
     # -- reasoning -------------------------------------------------------------------------
 
     def reason(self, batch: Sequence[CaseGraph]) -> list[Reasoned]:
-        """Reason over valid cases together and answer each. Raises on the first invalid case."""
+        """Reason over read cases together and answer each. Raises on the first invalid case."""
         for case in batch:
             if problems := self.check(case):
                 raise InvalidCase(problems)
@@ -114,10 +219,6 @@ class KnowledgeBase:
         store.extend(case.ox_quads(ox.DefaultGraph()))
         store.extend(triples_to_ox(inferred, ox.DefaultGraph()))
         return self.answers.answer(store, case.iri, case.id)
-
-    def answer_json(self, data: Any) -> dict[str, Any]:
-        """JSON case in, contract answer out (the ``POST /pathway`` path)."""
-        return self.reason([self.read_json(data)])[0].answer
 
     @cached_property
     def vocabulary(self) -> dict[str, dict[str, list[dict[str, str]]]]:

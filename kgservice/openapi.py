@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .cases import CASE_MEDIA_TYPES, CODE_PATTERN, ID_PATTERN
+from .cases import CODE_PATTERN, ID_PATTERN
+from .kb import READERS
 from .queries import NAME_PATTERN, Catalog, NamedQuery
 from .service import Service
 from .sparql import GRAPH_FORMATS, RESULTS_JSON, SELECT_FORMATS
@@ -208,7 +209,7 @@ def query_param(name: str, schema: Schema, description: str, required: bool = Fa
 
 CASE_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN.pattern}}
 CASE_BODY = {"required": True, "description": "A case as contract JSON, or as RDF describing one esi:PatientCase",
-             "content": content({JSON: ref("Case"), **rdf(*CASE_MEDIA_TYPES[1:])})}
+             "content": content({JSON: ref("Case"), **rdf(*(m for m in READERS if m != JSON))})}
 ANSWER = {JSON: ref("Answer")}
 CASE_WRITE_ERRORS = (400, 413, 415, 422)
 GRAPH_URIS = [

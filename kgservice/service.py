@@ -13,9 +13,9 @@ from rdflib import Graph
 
 from . import cases
 from .config import Settings
-from .errors import InvalidCase, NotFound, Violation
-from .isolation import Outcome, ReasoningPool, reason_case
-from .kb import KnowledgeBase
+from .errors import InvalidCase, NotFound, Problem, Violation
+from .isolation import ReasoningPool
+from .kb import KnowledgeBase, Outcome
 from .ontology import ESI
 from .reasoning import ENGINES
 from .store import CaseGraphs, OxigraphSite, Stores
@@ -40,10 +40,14 @@ class Service:
 
     def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None,
                graphs: bool = True) -> Outcome:
-        """Read, validate and reason a case: in a worker process when there is a pool."""
+        """The pipeline for one body, in a worker process when there is a pool; raises its problem."""
         if self.pool is not None:
-            return self.pool.reason(body, media_type, site, case_id, graphs)
-        return reason_case(self.kb, body, media_type, site, case_id, graphs)
+            result = self.pool.process(body, media_type, site, case_id, graphs)
+        else:
+            result = self.kb.process([body], media_type, site, case_id=case_id, graphs=graphs)[0]
+        if isinstance(result, Problem):
+            raise result.error
+        return result
 
     # -- use cases ---------------------------------------------------------------------------
 
