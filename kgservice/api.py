@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import pyoxigraph as ox
 from flask import Blueprint, Flask, Response, current_app, request, url_for
-from rdflib import Graph
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
@@ -121,8 +121,7 @@ def _headers(response: Response) -> Response:
 # -- negotiation ------------------------------------------------------------------------------
 
 
-def rdf_response(graph: Graph, media_type: str, status: int = 200) -> Response:
-    triples = [triple_to_ox(t) for t in graph]
+def rdf_response(triples: Iterable[ox.Triple], media_type: str, status: int = 200) -> Response:
     prefixes = PREFIXES if media_type == TURTLE else None
     body = ox.serialize(triples, format=RDF_FORMATS[media_type], prefixes=prefixes)
     return Response(body, status=status, mimetype=media_type)
@@ -170,7 +169,7 @@ def get_case(case_id: str) -> Response:
     if media_type == JSON:
         return Response(json.dumps(service().case_json(case_id, site()), ensure_ascii=False), mimetype=JSON)
     inferred = request.args.get("inferred", "false").lower() in ("1", "true", "yes")
-    return rdf_response(service().case_graph(case_id, site(), inferred=inferred), media_type)
+    return rdf_response(service().case_triples(case_id, site(), inferred=inferred), media_type)
 
 
 @bp.delete("/cases/<case_id>")
@@ -233,7 +232,7 @@ def ontology() -> Response:
     elif media_type == TURTLE and kb.ontology.path is not None:
         response = Response(kb.ontology.path.read_bytes(), mimetype=TURTLE)
     else:
-        response = rdf_response(kb.ontology.graph, media_type)
+        response = rdf_response((triple_to_ox(t) for t in kb.ontology.graph), media_type)
     response.headers["ETag"] = etag
     response.headers["Cache-Control"] = "public, max-age=300"
     response.headers["Vary"] = "Accept"

@@ -179,7 +179,7 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
             quads.append(outcome)
             stored.append(case_id)
         if quads:
-            store.load_nquads(b"".join(quads))  # one transaction per batch: all of its valid cases, or none
+            store.load_nquads(b"".join(quads), len(stored))  # one transaction per batch: all its valid cases, or none
         summary.loaded += len(stored)
         if bar:
             bar.show(summary)

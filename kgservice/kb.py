@@ -28,7 +28,8 @@ from .media import JSON, RDF_FORMATS, essence
 from .ontology import ESI, Ontology, Triple
 from .pathways import AnswerBuilder
 from .reasoning import CaseInput, Reasoner
-from .terms import triple_to_ox, triples_to_ox
+from .store import GraphView
+from .terms import triple_to_ox
 from .validation import CASE_SHAPES, CaseValidator, load_shapes
 
 
@@ -215,10 +216,8 @@ class KnowledgeBase:
         return CaseInput(case.iri, case.triples, tuple(cases.observations(case.graph, case.iri)))
 
     def answer_from_graphs(self, case: CaseGraph, inferred: set[Triple]) -> dict[str, Any]:
-        store = ox.Store()
-        store.extend(case.ox_quads(ox.DefaultGraph()))
-        store.extend(triples_to_ox(inferred, ox.DefaultGraph()))
-        return self.answers.answer(store, case.iri, case.id)
+        facts = GraphView.of([*case.ox_triples, *(triple_to_ox(t) for t in inferred)])
+        return self.answers.answer(facts, case.iri, case.id)
 
     @cached_property
     def vocabulary(self) -> dict[str, dict[str, list[dict[str, str]]]]:

@@ -14,9 +14,10 @@ from typing import Any
 from . import __version__
 from .cases import CODE_PATTERN, ID_PATTERN
 from .kb import READERS
+from .media import GRAPH_FORMATS
 from .queries import NAME_PATTERN, Catalog, NamedQuery
 from .service import Service
-from .sparql import GRAPH_FORMATS, RESULTS_JSON, SELECT_FORMATS
+from .sparql import RESULTS_JSON, SELECT_FORMATS
 
 Schema = dict[str, Any]
 

@@ -1,12 +1,11 @@
 """The contract's answer for one case, read by SPARQL from the case's asserted and inferred facts.
 
-Works on any Oxigraph store: a throw-away one holding a case just reasoned, or the
-service's store with the case's two named graphs as the default graph.
+Works on anything that runs SELECTs (:class:`~kgservice.terms.Selects`): the graphs of a case
+just reasoned, or a stored case's two graphs in its site's store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cached_property
 from importlib import resources
 from typing import Any
@@ -15,7 +14,7 @@ import pyoxigraph as ox
 from rdflib import URIRef
 
 from .ontology import ESI, Ontology, Term
-from .terms import from_ox, solutions
+from .terms import Selects, Substitutions, from_ox
 
 _CATEGORY = ESI.hasResponseCategory
 _FACETS = {
@@ -47,16 +46,12 @@ class AnswerBuilder:
             if info.urgency_follows is not None
         }
 
-    def answer(self, store: ox.Store, case: URIRef, case_id: str,
-               graphs: Sequence[ox.NamedNode] | None = None) -> dict[str, Any]:
-        """The answer for ``case``; ``graphs`` names the graphs that hold its facts."""
-        bind = {ox.Variable("case"): ox.NamedNode(str(case))}
-        scope: dict[str, Any] = {"substitutions": bind}
-        if graphs is not None:
-            scope["default_graph"] = list(graphs)
+    def answer(self, facts: Selects, case: URIRef, case_id: str) -> dict[str, Any]:
+        """The answer for ``case``, read from the graphs that hold its facts."""
+        bind: Substitutions = {ox.Variable("case"): ox.NamedNode(str(case))}
 
         conclusions: dict[tuple[URIRef, URIRef], dict[str, Any]] = {}
-        for row in solutions(store.query(self._conclusions, **scope)):
+        for row in facts.select(self._conclusions, bind):
             prop, value = URIRef(row["prop"].value), URIRef(row["value"].value)
             entry = conclusions.setdefault((prop, value), {"rule": None, "because": []})
             if row["rule"] is not None:
@@ -64,8 +59,8 @@ class AnswerBuilder:
             if row["because"] is not None and row["because"].value not in entry["because"]:
                 entry["because"].append(row["because"].value)
 
-        observed = next(iter(solutions(store.query(self._observations, **scope))), None)
-        flags = self._flags(solutions(store.query(self._red_flags, **scope)))
+        observed = next(iter(facts.select(self._observations, bind)), None)
+        flags = self._flags(facts.select(self._red_flags, bind))
 
         category = next((v for (p, v) in conclusions if p == _CATEGORY), None)
         response: dict[str, Any] = {

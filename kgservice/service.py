@@ -6,9 +6,11 @@ and the command line call it; it calls down the pipeline and never back up.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+import pyoxigraph as ox
 from rdflib import Graph
 
 from . import cases
@@ -18,7 +20,8 @@ from .isolation import ReasoningPool
 from .kb import KnowledgeBase, Outcome
 from .ontology import ESI
 from .reasoning import ENGINES
-from .store import CaseGraphs, OxigraphSite, Stores
+from .store import SiteStore, SiteStores, Stores
+from .terms import from_ox
 
 
 @dataclass
@@ -29,12 +32,14 @@ class Stored:
 
 
 class Service:
-    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, stores: Stores | None = None,
+    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, stores: SiteStores | None = None,
                  guard: bool = False) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.kb = kb or KnowledgeBase.from_settings(settings)
-        self.stores = stores or Stores(settings.data_dir)
+        self.stores: SiteStores = stores or Stores(settings.data_dir)
+        self._current: set[str] = set()  # sites whose ontology graphs this process has brought up to date
+        self._current_lock = threading.Lock()
         workers = settings.reasoning_workers or 0
         self.pool = ReasoningPool(settings, workers, guard) if workers > 0 else None
 
@@ -71,23 +76,22 @@ class Service:
     def delete(self, case_id: str, site: str) -> None:
         self.site_store(site).delete(_checked_id(case_id))
 
-    def case_graph(self, case_id: str, site: str, inferred: bool = False) -> Graph:
+    def case_triples(self, case_id: str, site: str, inferred: bool = False) -> list[ox.Triple]:
+        """A stored case as asserted, and with ``inferred`` its inferences too."""
         asserted, derived = self.site_store(site).read(_checked_id(case_id))
-        graph = Graph()
-        for t in (*asserted, *(derived if inferred else ())):
-            graph.add(t)
-        return graph
+        return [*asserted, *derived] if inferred else asserted
 
     def case_json(self, case_id: str, site: str) -> dict[str, Any]:
-        return cases.to_json(self.case_graph(case_id, site), cases.case_iri(case_id, site))
+        graph = Graph()
+        for t in self.case_triples(case_id, site):
+            graph.add((from_ox(t.subject), from_ox(t.predicate), from_ox(t.object)))
+        return cases.to_json(graph, cases.case_iri(case_id, site))
 
     def stored_answer(self, case_id: str, site: str) -> dict[str, Any]:
         store = self.site_store(site)
         if not store.exists(_checked_id(case_id)):
             raise NotFound(f"no case {case_id!r}")
-        graphs = CaseGraphs.of(site, case_id)
-        return self.kb.answers.answer(store.store, cases.case_iri(case_id, site), case_id,
-                                      graphs=[graphs.asserted, graphs.inferred])
+        return self.kb.answers.answer(store.case_graphs(case_id), cases.case_iri(case_id, site), case_id)
 
     def list_cases(self, site: str, category: str | None, pathway: str | None, page: int,
                    per_page: int) -> tuple[list[str], int]:
@@ -110,10 +114,14 @@ class Service:
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    def site_store(self, site: str) -> OxigraphSite:
-        """The site's dataset, holding the current ontology version."""
+    def site_store(self, site: str) -> SiteStore:
+        """The site's dataset, holding the current ontology version (checked once per site and process)."""
         store = self.stores.site(site)
-        store.set_ontology(self.kb.version, self.kb.ontology.graph, self.kb.reasoner.tbox_closure)
+        if site not in self._current:
+            with self._current_lock:
+                if site not in self._current:
+                    store.set_ontology(self.kb.version, self.kb.ontology.graph, self.kb.reasoner.tbox_closure)
+                    self._current.add(site)
         return store
 
     def close(self) -> None:

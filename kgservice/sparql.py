@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -20,8 +20,9 @@ from flask import Blueprint, Response, request
 from .access import note, query_hash, requires
 from .errors import ESIError, NotAcceptable, QueryError, UnsupportedMediaType
 from .guard import check_query
-from .isolation import run_forked
-from .terms import serialized
+from .media import GRAPH_FORMATS, RDF_FORMATS
+from .store import QueryScope
+from .terms import QueryResult, serialized
 from .web import negotiate, service, site
 
 bp = Blueprint("sparql", __name__)
@@ -31,7 +32,6 @@ RESULTS_XML = "application/sparql-results+xml"
 CSV = "text/csv"
 TSV = "text/tab-separated-values"
 SELECT_FORMATS = [RESULTS_JSON, RESULTS_XML, CSV, TSV, "application/json"]
-GRAPH_FORMATS = ["text/turtle", "application/n-triples", "application/ld+json"]
 
 
 class UpdateRefused(ESIError):
@@ -54,28 +54,17 @@ def endpoint() -> Response:
         return _service_description(negotiate(GRAPH_FORMATS))
     note(query_sha256=query_hash(query, *default_graphs, "|", *named_graphs))
     check_query(query, default_graphs, named_graphs)
-    options: dict[str, Any] = {}
-    try:
-        if default_graphs:
-            options["default_graph"] = [ox.NamedNode(g) for g in default_graphs]
-        else:
-            options["use_default_graph_as_union"] = True
-        if named_graphs:
-            options["named_graphs"] = [ox.NamedNode(g) for g in named_graphs]
-    except ValueError as exc:
-        raise QueryError(f"a graph in the request's dataset is not a valid IRI: {exc}") from None
-    return run_limited(query, options)
+    return run_limited(query, QueryScope(tuple(default_graphs), tuple(named_graphs)))
 
 
-def run_limited(query: str, options: dict[str, Any]) -> Response:
-    """Run a query on the caller's site in a forked child, under the time limit and row cap."""
+def run_limited(query: str, scope: QueryScope) -> Response:
+    """Run a query on the caller's site under the time limit and row cap (the store isolates it)."""
     svc = service()
-    store = svc.site_store(site()).store
     select_media, graph_media = _acceptable(SELECT_FORMATS), _acceptable(GRAPH_FORMATS)
     max_rows = svc.settings.query_max_rows
-    media, body = run_forked(
-        lambda started: execute(store, query, options, select_media, graph_media, max_rows, started),
-        svc.settings.query_timeout_s)
+    media, body = svc.site_store(site()).run_limited(
+        query, scope, svc.settings.query_timeout_s,
+        lambda result: execute(result, select_media, graph_media, max_rows))
     return Response(body, mimetype=media)
 
 
@@ -86,14 +75,9 @@ def _acceptable(offers: list[str]) -> str | None:
         return None
 
 
-def execute(store: ox.Store, query: str, options: dict[str, Any], select_media: str | None,
-            graph_media: str | None, max_rows: int, started: Callable[[], None] = lambda: None) -> tuple[str, bytes]:
-    """Run and serialize a query: ``(media type, body)``. Runs in the forked child."""
-    try:
-        result = store.query(query, **options)
-    except SyntaxError as exc:
-        raise QueryError(f"the query does not parse: {exc}") from None
-    started()  # the child holds its snapshot: from here on it only evaluates
+def execute(result: QueryResult, select_media: str | None, graph_media: str | None,
+            max_rows: int) -> tuple[str, bytes]:
+    """Evaluate and serialize a query's result: ``(media type, body)``. Runs where the store runs the query."""
     if isinstance(result, ox.QuerySolutions | ox.QueryBoolean):
         if select_media is None:
             raise NotAcceptable(f"a SELECT or ASK result can be sent as {', '.join(SELECT_FORMATS)}")
@@ -105,9 +89,7 @@ def execute(store: ox.Store, query: str, options: dict[str, Any], select_media: 
     if graph_media is None:
         raise NotAcceptable(f"a CONSTRUCT or DESCRIBE result can be sent as {', '.join(GRAPH_FORMATS)}")
     triples = _capped(result, max_rows)
-    fmt = {"text/turtle": ox.RdfFormat.TURTLE, "application/n-triples": ox.RdfFormat.N_TRIPLES,
-           "application/ld+json": ox.RdfFormat.JSON_LD}[graph_media]
-    return graph_media, serialized(triples, format=fmt)
+    return graph_media, serialized(triples, format=RDF_FORMATS[graph_media])
 
 
 def _read_request() -> tuple[str | None, list[str], list[str]]:
@@ -231,6 +213,4 @@ def _service_description(media: str) -> Response:
    sd:defaultDataset [ a sd:Dataset ; sd:defaultGraph [ a sd:Graph ] ] .
 """
     graph = ox.parse(ttl, format=ox.RdfFormat.TURTLE)
-    fmt = {"text/turtle": ox.RdfFormat.TURTLE, "application/n-triples": ox.RdfFormat.N_TRIPLES,
-           "application/ld+json": ox.RdfFormat.JSON_LD}[media]
-    return Response(ox.serialize(graph, format=fmt), mimetype=media)
+    return Response(serialized(graph, format=RDF_FORMATS[media]), mimetype=media)

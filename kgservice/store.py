@@ -10,6 +10,11 @@ A site's dataset holds
 Keeping each site in its own dataset makes tenancy a property of the data, not of query
 rewriting: a site's SPARQL query (``GRAPH ?g`` included) cannot see another site's cases.
 Every write is one Oxigraph transaction: a case is stored with its inferences, or not at all.
+
+:class:`SiteStore` is the seam: the service, the loader and the query endpoints use only its
+operations, and this module is the only one that opens pyoxigraph's ``Store`` for a site.
+:class:`OxigraphSite` implements it on an embedded store; a remote SPARQL store implements the
+same protocol.
 """
 
 from __future__ import annotations
@@ -18,21 +23,29 @@ import ctypes
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import pyoxigraph as ox
 
 from .cases import SITE_PATTERN, case_iri
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, QueryError
+from .isolation import run_forked
 from .ontology import ESI, Triple
-from .terms import Substitutions, from_ox, solutions, triples_to_ox
+from .terms import QueryResult, Selects, Substitutions, solutions, triples_to_ox
+
+T = TypeVar("T")
 
 GRAPH_BASE = "https://w3id.org/esi-kg/graph/"
 ONTOLOGY_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology")
 CLOSURE_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology-closure")
 _VERSION = ox.NamedNode(str(ESI.ontologyVersion))
+_CATEGORY = ox.NamedNode(str(ESI.hasResponseCategory))
+_PATHWAY = ox.NamedNode(str(ESI.hasApplicablePathway))
+
+#: Counts of listed cases kept per site, one per filter (category, pathway) asked for.
+MAX_KEPT_COUNTS = 512
 
 #: Quads a site writes before its RocksDB memtables are flushed to disk (about 650 cases).
 #: Oxigraph opens RocksDB with a 128 MB write buffer per column family, flushed only once two
@@ -59,24 +72,96 @@ class CaseGraphs:
         return cls(ox.NamedNode(iri), ox.NamedNode(iri + "/inferred"))
 
 
+@dataclass(frozen=True)
+class QueryScope:
+    """What a query sees: the SPARQL Protocol's dataset (IRIs), and values bound by the engine.
+
+    No default graph named: the default graph is the union of all graphs. No named graph
+    named: ``GRAPH`` reaches every graph of the site.
+    """
+
+    default_graphs: tuple[str, ...] = ()
+    named_graphs: tuple[str, ...] = ()
+    substitutions: Substitutions = field(default_factory=dict)
+
+
 class SiteStore(Protocol):
-    """The operations the service needs of one site's dataset."""
+    """One site's dataset: every operation the service, the loader and the query endpoints need.
 
-    def create(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> None: ...
+    Case writes are all-or-nothing; a case's graphs are triples of pyoxigraph terms (which a
+    remote store serializes as N-Triples). Errors are the domain's: :class:`Conflict`,
+    :class:`NotFound`, :class:`QueryError`, and ``TimeLimit`` for a query past its limit.
+    """
 
-    def replace(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> bool: ...
+    site: str
 
-    def delete(self, case_id: str) -> None: ...
+    def ontology_version(self) -> str | None: ...
+
+    def set_ontology(self, version: str, ontology: Iterable[Triple], closure: Iterable[Triple]) -> None:
+        """Replace the ontology graphs unless they hold ``version`` already."""
+
+    def create(self, case_id: str, asserted: Sequence[ox.Triple], inferred: Sequence[ox.Triple]) -> None:
+        """Store a new case; :class:`Conflict` if it exists."""
+
+    def replace(self, case_id: str, asserted: Sequence[ox.Triple], inferred: Sequence[ox.Triple]) -> bool:
+        """Store or replace a case; True when it did not exist before."""
+
+    def delete(self, case_id: str) -> None:
+        """Remove a case's two graphs; :class:`NotFound` if there is no such case."""
 
     def exists(self, case_id: str) -> bool: ...
 
-    def read(self, case_id: str) -> tuple[list[Triple], list[Triple]]: ...
+    def read(self, case_id: str) -> tuple[list[ox.Triple], list[ox.Triple]]:
+        """The asserted and the inferred graph of a case; :class:`NotFound` if there is none."""
 
-    def set_ontology(self, version: str, ontology: Iterable[Triple], closure: Iterable[Triple]) -> None: ...
+    def load_nquads(self, data: bytes, cases: int) -> None:
+        """Store ``cases`` whole cases given as N-Quads in the store's graph names, all or none."""
 
-    def case_ids(self, category: str | None, pathway: str | None, limit: int, offset: int) -> tuple[list[str], int]: ...
+    def case_ids(self, category: str | None, pathway: str | None, limit: int, offset: int) -> tuple[list[str], int]:
+        """One page of the ids of cases with a category (and the pathway, if given), and how many match."""
 
-    def query(self, sparql: str, **options: Any) -> Any: ...
+    def case_graphs(self, case_id: str) -> Selects:
+        """SELECTs over one case's two graphs (the stored answer is read so)."""
+
+    def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
+        """A SELECT over the whole dataset (the union of its graphs), evaluated in this process."""
+
+    def run_limited(self, query: str, scope: QueryScope, timeout_s: float, consume: Callable[[QueryResult], T]) -> T:
+        """Evaluate a caller's query and hand its result to ``consume``, stopped after ``timeout_s``.
+
+        Raises :class:`QueryError` if the query does not parse or the scope names a bad IRI.
+        ``consume`` may run in another process (its return value must then be picklable)."""
+
+    def flush(self) -> None: ...
+
+
+class SiteStores(Protocol):
+    """The datasets of every site, opened on first use."""
+
+    def site(self, site: str) -> SiteStore: ...
+
+    def close(self) -> None: ...
+
+
+class GraphView:
+    """SELECTs over some graphs of an Oxigraph store: named ones, or its default graph."""
+
+    def __init__(self, store: ox.Store, graphs: Sequence[ox.NamedNode] | None = None) -> None:
+        self.store = store
+        self.graphs = list(graphs) if graphs is not None else None
+
+    @classmethod
+    def of(cls, triples: Iterable[ox.Triple]) -> GraphView:
+        """Triples in a store of their own, in memory (a case just reasoned)."""
+        store = ox.Store()
+        store.extend(ox.Quad(t.subject, t.predicate, t.object, ox.DefaultGraph()) for t in triples)
+        return cls(store)
+
+    def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
+        options: dict[str, Any] = {"substitutions": substitutions or {}}
+        if self.graphs is not None:
+            options["default_graph"] = self.graphs
+        return solutions(self.store.query(query, **options))
 
 
 class OxigraphSite:
@@ -91,6 +176,8 @@ class OxigraphSite:
         self._write = threading.Lock()
         self.flush_after = FLUSH_AFTER_QUADS
         self._unflushed = 0
+        self._writes = 0  # writes so far: a count made while one ran is not kept
+        self._counts: dict[tuple[str | None, str | None], int] = {}
 
     @contextmanager
     def _writing(self, quads: int) -> Iterator[None]:
@@ -101,6 +188,7 @@ class OxigraphSite:
         """
         with self._write:
             yield
+            self._writes += 1
             self._unflushed += quads
             due = self._unflushed >= self.flush_after
             if due:
@@ -135,31 +223,35 @@ class OxigraphSite:
     def exists(self, case_id: str) -> bool:
         return self.store.contains_named_graph(CaseGraphs.of(self.site, case_id).asserted)
 
-    def create(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> None:
+    def create(self, case_id: str, asserted: Sequence[ox.Triple], inferred: Sequence[ox.Triple]) -> None:
         graphs = CaseGraphs.of(self.site, case_id)
         quads = [*_in(asserted, graphs.asserted), *_in(inferred, graphs.inferred)]
         with self._writing(len(quads)):
             if self.store.contains_named_graph(graphs.asserted):
                 raise Conflict(f"case {case_id!r} exists already; use PUT to replace it")
             self.store.extend(quads)
+            self._recount(None, _facets(graphs.asserted, inferred))
 
-    def load_nquads(self, data: bytes) -> None:
+    def load_nquads(self, data: bytes, cases: int) -> None:
         """Store N-Quads in one transaction, all or none (``kgservice load``: a batch of whole cases).
 
         Parsed by Oxigraph without IRI checks (``lenient``): the loader's own workers wrote
         them with Oxigraph's serializer from terms already checked."""
         with self._writing(data.count(b"\n")):
             self.store.load(data, format=ox.RdfFormat.N_QUADS, lenient=True)
+            self._counts.clear()  # counted again when next asked for
 
-    def replace(self, case_id: str, asserted: Iterable[ox.Triple], inferred: Iterable[ox.Triple]) -> bool:
+    def replace(self, case_id: str, asserted: Sequence[ox.Triple], inferred: Sequence[ox.Triple]) -> bool:
         """Store or replace a case; True when it did not exist before."""
         graphs = CaseGraphs.of(self.site, case_id)
         quads = [*_in(asserted, graphs.asserted), *_in(inferred, graphs.inferred)]
         with self._writing(2 * len(quads)):  # the old version's quads are deleted: about as many
             created = not self.store.contains_named_graph(graphs.asserted)
+            before = None if created else self._stored_facets(graphs)
             self.store.update(
                 f"DROP SILENT GRAPH {graphs.asserted} ; DROP SILENT GRAPH {graphs.inferred} ; " + _insert_data(quads)
             )
+            self._recount(before, _facets(graphs.asserted, inferred))
         return created
 
     def delete(self, case_id: str) -> None:
@@ -167,43 +259,91 @@ class OxigraphSite:
         with self._writing(_TYPICAL_CASE_QUADS):
             if not self.store.contains_named_graph(graphs.asserted):
                 raise NotFound(f"no case {case_id!r}")
+            before = self._stored_facets(graphs)
             self.store.update(f"DROP SILENT GRAPH {graphs.asserted} ; DROP SILENT GRAPH {graphs.inferred}")
+            self._recount(before, None)
 
-    def read(self, case_id: str) -> tuple[list[Triple], list[Triple]]:
+    def read(self, case_id: str) -> tuple[list[ox.Triple], list[ox.Triple]]:
         graphs = CaseGraphs.of(self.site, case_id)
         if not self.store.contains_named_graph(graphs.asserted):
             raise NotFound(f"no case {case_id!r}")
         return self._triples(graphs.asserted), self._triples(graphs.inferred)
 
-    def _triples(self, graph: ox.NamedNode) -> list[Triple]:
-        return [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object))
-                for q in self.store.quads_for_pattern(None, None, None, graph)]
+    def _triples(self, graph: ox.NamedNode) -> list[ox.Triple]:
+        return [q.triple for q in self.store.quads_for_pattern(None, None, None, graph)]
+
+    def case_graphs(self, case_id: str) -> GraphView:
+        graphs = CaseGraphs.of(self.site, case_id)
+        return GraphView(self.store, [graphs.asserted, graphs.inferred])
+
+    # -- listing, and counts kept per site ------------------------------------------------------
+    #
+    # GET /cases pages in index order (milliseconds at 100k cases), but counting every match
+    # for each page cost tens of milliseconds and grew with the store. Each count is made once
+    # and kept exact by every later write (under the write lock): a case adds or removes one
+    # solution per category it has, for the filters its pathways match. A count made while a
+    # write ran is not kept.
 
     def case_ids(self, category: str | None = None, pathway: str | None = None, limit: int = 50,
                  offset: int = 0) -> tuple[list[str], int]:
         """Ids of stored cases, optionally only those with a category and/or a pathway, one page."""
-        binds: Substitutions = {}
-        if category is not None:
-            binds[ox.Variable("category")] = ox.NamedNode(str(ESI[category]))
-        if pathway is not None:
-            binds[ox.Variable("pathway")] = ox.NamedNode(str(ESI[pathway]))
-        # Paged and counted by Oxigraph, in the store's own (index) order, stable while the store
-        # does not change. Sorting every id, in Python or by ORDER BY, cost 1.2 s and 5 s at 100k
-        # cases; a page in index order costs milliseconds, the count tens of milliseconds.
-        pattern = "GRAPH ?g { ?case esi:hasResponseCategory ?category ." + (
-            " ?case esi:hasApplicablePathway ?pathway ." if pathway is not None else "") + " }"
-        projected = " ".join(f"?{v.value}" for v in binds)
+        # Paged by Oxigraph, in the store's own (index) order, stable while the store does not
+        # change. Sorting every id, in Python or by ORDER BY, cost 1.2 s and 5 s at 100k cases;
+        # a page in index order costs milliseconds.
+        pattern, projected, binds = _list_pattern(category, pathway)
         page = (f"PREFIX esi: <{ESI}> SELECT ?case {projected} WHERE {{ {pattern} }} "
                 f"LIMIT {int(limit)} OFFSET {int(offset)}")
-        count = (f"PREFIX esi: <{ESI}> SELECT (COUNT(*) AS ?n) {projected} WHERE {{ {pattern} }}"
-                 + (f" GROUP BY {projected}" if projected else ""))
         ids = [_tail(row["case"].value) for row in solutions(self.store.query(page, substitutions=binds))]
-        counted = next(iter(solutions(self.store.query(count, substitutions=binds))), None)
-        total = int(counted["n"].value) if counted is not None and counted["n"] is not None else 0
-        return ids, total
+        return ids, self.count(category, pathway)
 
-    def query(self, sparql: str, **options: Any) -> Any:
-        return self.store.query(sparql, **options)
+    def count(self, category: str | None = None, pathway: str | None = None) -> int:
+        """How many solutions :meth:`case_ids` pages through with these filters (one per case)."""
+        key = (category, pathway)
+        if (kept := self._counts.get(key)) is not None:
+            return kept
+        writes = self._writes
+        pattern, projected, binds = _list_pattern(category, pathway)
+        query = (f"PREFIX esi: <{ESI}> SELECT (COUNT(*) AS ?n) {projected} WHERE {{ {pattern} }}"
+                 + (f" GROUP BY {projected}" if projected else ""))
+        counted = next(iter(solutions(self.store.query(query, substitutions=binds))), None)
+        total = int(counted["n"].value) if counted is not None and counted["n"] is not None else 0
+        with self._write:
+            if self._writes == writes:
+                if len(self._counts) >= MAX_KEPT_COUNTS:
+                    self._counts.clear()
+                self._counts[key] = total
+        return total
+
+    def _stored_facets(self, graphs: CaseGraphs) -> _Facets | None:
+        if not self._counts:
+            return None
+        return _facets(graphs.asserted, [q.triple for p in (_CATEGORY, _PATHWAY) for q in
+                                         self.store.quads_for_pattern(graphs.asserted, p, None, graphs.inferred)])
+
+    def _recount(self, before: _Facets | None, after: _Facets | None) -> None:
+        for key in self._counts:
+            self._counts[key] += _matches(after, key) - _matches(before, key)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
+        return solutions(self.store.query(query, substitutions=substitutions or {}, use_default_graph_as_union=True))
+
+    def run_limited(self, query: str, scope: QueryScope, timeout_s: float, consume: Callable[[QueryResult], T]) -> T:
+        """The query runs in a child forked from this process, which reads the open store and is
+        killed at the time limit (see :func:`kgservice.isolation.run_forked`)."""
+        options = _query_options(scope)
+        store = self.store
+
+        def child(started: Callable[[], None]) -> T:
+            try:
+                result = store.query(query, **options)
+            except SyntaxError as exc:
+                raise QueryError(f"the query does not parse: {exc}") from None
+            started()  # the child holds its snapshot: from here on it only evaluates
+            return consume(result)
+
+        return cast(T, run_forked(child, timeout_s))
 
     def flush(self) -> None:
         """Write the memtables to disk, then hand the memory they held back to the OS."""
@@ -235,6 +375,59 @@ def release_freed_memory() -> None:
         _malloc_trim(0)
 
 
+def _query_options(scope: QueryScope) -> dict[str, Any]:
+    options: dict[str, Any] = {"substitutions": scope.substitutions}
+    try:
+        if scope.default_graphs:
+            options["default_graph"] = [ox.NamedNode(g) for g in scope.default_graphs]
+        else:
+            options["use_default_graph_as_union"] = True
+        if scope.named_graphs:
+            options["named_graphs"] = [ox.NamedNode(g) for g in scope.named_graphs]
+    except ValueError as exc:
+        raise QueryError(f"a graph in the request's dataset is not a valid IRI: {exc}") from None
+    return options
+
+
+def _list_pattern(category: str | None, pathway: str | None) -> tuple[str, str, Substitutions]:
+    """The graph pattern of listed cases, its filter variables, and their values."""
+    binds: Substitutions = {}
+    if category is not None:
+        binds[ox.Variable("category")] = ox.NamedNode(str(ESI[category]))
+    if pathway is not None:
+        binds[ox.Variable("pathway")] = ox.NamedNode(str(ESI[pathway]))
+    pattern = "GRAPH ?g { ?case esi:hasResponseCategory ?category ." + (
+        " ?case esi:hasApplicablePathway ?pathway ." if pathway is not None else "") + " }"
+    return pattern, " ".join(f"?{v.value}" for v in binds), binds
+
+
+#: A case's categories and pathways (codes), as :meth:`OxigraphSite.count` counts them.
+_Facets = tuple[list[str], set[str]]
+
+
+def _facets(case: ox.NamedNode, inferred: Iterable[ox.Triple]) -> _Facets:
+    categories: list[str] = []
+    pathways: set[str] = set()
+    for t in inferred:
+        if t.subject == case and isinstance(t.object, ox.NamedNode):
+            if t.predicate == _CATEGORY:
+                categories.append(t.object.value.removeprefix(str(ESI)))
+            elif t.predicate == _PATHWAY:
+                pathways.add(t.object.value.removeprefix(str(ESI)))
+    return categories, pathways
+
+
+def _matches(facets: _Facets | None, key: tuple[str | None, str | None]) -> int:
+    """The solutions a case adds to the count with these filters: one per matching category."""
+    if facets is None:
+        return 0
+    categories, pathways = facets
+    category, pathway = key
+    if pathway is not None and pathway not in pathways:
+        return 0
+    return sum(1 for c in categories if category is None or c == category)
+
+
 def _in(triples: Iterable[ox.Triple], graph: ox.NamedNode) -> Iterator[ox.Quad]:
     return (ox.Quad(t.subject, t.predicate, t.object, graph) for t in triples)
 
@@ -252,7 +445,7 @@ def _insert_data(quads: Sequence[ox.Quad]) -> str:
 
 
 class Stores:
-    """The datasets of every site, opened on first use (``data_dir/sites/<site>``)."""
+    """The Oxigraph datasets of every site, opened on first use (``data_dir/sites/<site>``)."""
 
     def __init__(self, data_dir: Path | None) -> None:
         self.data_dir = data_dir

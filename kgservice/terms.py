@@ -7,7 +7,7 @@ form, and what ``ox.serialize`` returns when it writes to memory.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import cast
+from typing import Protocol, cast
 
 import pyoxigraph as ox
 from rdflib import BNode, Literal, URIRef
@@ -19,6 +19,12 @@ XSD_STRING = "http://www.w3.org/2001/XMLSchema#string"
 Substitutions = dict[ox.Variable, ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple]
 QueryResult = ox.QuerySolutions | ox.QueryBoolean | ox.QueryTriples
 _Subject = ox.NamedNode | ox.BlankNode
+
+
+class Selects(Protocol):
+    """Something SPARQL SELECTs run on: a site's store, a case's graphs, a case just reasoned."""
+
+    def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions: ...
 
 
 def to_ox(term: Node) -> ox.NamedNode | ox.BlankNode | ox.Literal:

@@ -325,6 +325,37 @@ def test_list_filters_combine_and_the_next_link_keeps_them(stored: FlaskClient) 
     assert second["total"] == len(expected)
 
 
+def test_list_totals_stay_exact_through_writes(client: FlaskClient) -> None:
+    """The totals GET /cases keeps per filter follow every create, replace and delete."""
+    filters = ["", "category=primary-non-responder", "category=responder", "pathway=discectomy",
+               "category=primary-non-responder&pathway=discectomy", "pathway=radiofrequency-ablation"]
+
+    def counted(query: str) -> int:  # what the store holds, counted afresh by SPARQL
+        binds = dict(part.split("=") for part in query.split("&") if part)
+        pattern = "?case esi:hasResponseCategory " + (f"esi:{binds['category']}" if "category" in binds else "?c")
+        pattern += f" ; esi:hasApplicablePathway esi:{binds['pathway']}" if "pathway" in binds else ""
+        rows = client.get("/sparql", query_string={
+            "query": f"PREFIX esi: <{ESI}> SELECT (COUNT(*) AS ?n) WHERE {{ GRAPH ?g {{ {pattern} }} }}"}).get_json()
+        return int(rows["results"]["bindings"][0]["n"]["value"])
+
+    def check() -> None:
+        assert {q: client.get(f"/cases?{q}").get_json()["total"] for q in filters} == {q: counted(q) for q in filters}
+
+    check()  # every total is kept from here on
+    names = sorted(VIGNETTES)
+    for name in names:
+        assert client.post("/cases", json=case_of(name)).status_code == 201
+    check()
+    first, second = VIGNETTES[names[0]]["case"], VIGNETTES[names[1]]["case"]
+    assert client.put(f"/cases/{first['id']}", json={**second, "id": first["id"]}).status_code == 200
+    check()
+    assert client.put("/cases/new-one", json={**first, "id": "new-one"}).status_code == 201
+    check()
+    assert client.delete(f"/cases/{second['id']}").status_code == 204
+    check()
+    assert client.get("/cases").get_json()["total"] == len(names)
+
+
 @pytest.mark.parametrize("query, path", [("category=nonsense", "category"), ("category=discectomy", "category"),
                                          ("pathway=responder", "pathway"), ("page=0", "page"),
                                          ("per_page=many", "per_page"), ("per_page=1001", "per_page")])
