@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,9 +60,22 @@ class CaseFactory:
         return (self.injection_date + dt.timedelta(days=n)).isoformat()
 
 
+def curated_ontology() -> Path | None:
+    """The ontology a curator points the tests at with ``ESI_ONTOLOGY_PATH``, if any."""
+    path = os.environ.get("ESI_ONTOLOGY_PATH")
+    return Path(path) if path else None
+
+
+def pytest_report_header() -> str:
+    return f"ontology: {curated_ontology() or Settings().ontology_path}"
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings()
+    """The shipped files; the ontology is ``ESI_ONTOLOGY_PATH``'s when set, so that the clinical
+    regression cases (rule cases, vignettes) run against the copy a curator is editing."""
+    path = curated_ontology()
+    return Settings(ontology_path=path) if path is not None else Settings()
 
 
 @pytest.fixture(scope="session")
