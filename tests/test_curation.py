@@ -95,7 +95,8 @@ def test_positive_block_threshold(kb: KnowledgeBase, curate: Curate, make_case) 
     assert "radiofrequency-ablation" in codes(kb.answer_json(case)["pathways"])
     offered = codes(stricter.answer_json(case)["pathways"])
     assert "radiofrequency-ablation" not in offered
-    assert "diagnostic-nerve-block" in offered
+    # Rules 1.1: the 60 % block is now negative, which ends the block loop and rules the joint out.
+    assert offered == ["comprehensive-diagnostic-review", "advanced-physical-therapy"]
 
 
 NEW_PATHWAY = """
