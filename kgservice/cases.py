@@ -1,8 +1,9 @@
 """Patient cases: contract JSON ↔ RDF, Turtle and JSON-LD input, and the observations.
 
-The mapping knows the contract's field names and the ontology's property IRIs; it knows
-nothing clinical. Observations (day offsets, relief percentages) are arithmetic on the
-asserted facts; what they mean is decided by the rules in the ontology.
+The mapping follows the contract read from the case shapes (:mod:`kgservice.contract`):
+field names, property IRIs and kinds; it knows nothing clinical. Observations (day offsets,
+relief percentages) are arithmetic on the asserted facts; what they mean is decided by the
+rules in the ontology.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyoxigraph as ox
 from rdflib import OWL, RDF, RDFS, XSD, Graph, Literal, URIRef
 from rdflib.term import Node
 
+from .contract import Contract, Spec
 from .errors import InvalidCase, MalformedInput, Violation
 from .media import RDF_FORMATS
 from .ontology import CASE_BASE, ESI, local_name
@@ -34,55 +36,6 @@ MAX_JSON_DEPTH = 16
 Triple = tuple[Node, Node, Node]
 
 
-# -- the contract's shape -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spec:
-    """How one JSON field maps to RDF.
-
-    kind: ``scalar`` (typed literal), ``date``, ``number``, ``code`` (a coded individual),
-    ``codes`` (a list of them), ``instances`` (a list of codes, each becoming the case's own
-    instance of the coded class), ``object`` / ``objects`` (nested nodes of ``node_type``).
-    """
-
-    prop: URIRef
-    kind: str
-    node_type: URIRef | None = None
-    fields: dict[str, Spec] = field(default_factory=dict)
-
-
-INJECTION_FIELDS = {
-    "date": Spec(ESI.performedOn, "date"),
-    "approach": Spec(ESI.hasApproach, "code"),
-    "spinal_region": Spec(ESI.atSpinalRegion, "code"),
-}
-SCORE_FIELDS = {
-    "date": Spec(ESI.observedOn, "date"),
-    "score": Spec(ESI.scoreValue, "scalar"),
-}
-BLOCK_FIELDS = {
-    "target": Spec(ESI.blockTarget, "code"),
-    "date": Spec(ESI.performedOn, "date"),
-    "relief_percent": Spec(ESI.reliefPercent, "number"),
-}
-CASE_FIELDS: dict[str, Spec] = {
-    "age": Spec(ESI.ageInYears, "scalar"),
-    "sex": Spec(ESI.hasSex, "code"),
-    "pain_regions": Spec(ESI.hasPainRegion, "codes"),
-    "diagnoses": Spec(ESI.hasDiagnosis, "instances"),
-    "findings": Spec(ESI.hasFinding, "instances"),
-    "prior_spinal_surgery": Spec(ESI.hadPriorSpinalSurgery, "scalar"),
-    "injection": Spec(ESI.hasInjection, "object", ESI.EpiduralSteroidInjection, INJECTION_FIELDS),
-    "pain_scores": Spec(ESI.hasPainScore, "objects", ESI.PainScoreObservation, SCORE_FIELDS),
-    "red_flags": Spec(ESI.hasRedFlag, "instances"),
-    "treatments_tried": Spec(ESI.hasTriedTreatment, "codes"),
-    "diagnostic_blocks": Spec(ESI.hasDiagnosticBlock, "objects", ESI.DiagnosticBlockResult, BLOCK_FIELDS),
-}
-#: Fields that are lists in the contract (always present in JSON read back).
-LIST_FIELDS = [name for name, spec in CASE_FIELDS.items() if spec.kind in ("codes", "instances", "objects")]
-
-
 @dataclass
 class CaseGraph:
     """A case as asserted RDF, with the JSON path of every node it came from."""
@@ -90,6 +43,7 @@ class CaseGraph:
     iri: URIRef
     id: str
     graph: Graph
+    contract: Contract
     node_paths: dict[Node, str] = field(default_factory=dict)
     value_paths: dict[Triple, str] = field(default_factory=dict)
     json_values: dict[str, Any] = field(default_factory=dict)
@@ -117,7 +71,7 @@ class CaseGraph:
             return self.value_paths[(focus, prop, value)]  # type: ignore[index]
         if value is not None and value in self.node_paths:
             return self.node_paths[value]
-        name = field_name(prop) if prop is not None else None
+        name = self.contract.field_name(prop) if prop is not None else None
         if name is None:
             return base or "$"
         if value is not None and isinstance(value, URIRef):
@@ -142,14 +96,6 @@ def case_id_of(iri: Node) -> str:
 
 def new_case_id() -> str:
     return "case-" + uuid.uuid4().hex[:12]
-
-
-def field_name(prop: Node) -> str | None:
-    for specs in (CASE_FIELDS, INJECTION_FIELDS, SCORE_FIELDS, BLOCK_FIELDS):
-        for name, spec in specs.items():
-            if spec.prop == prop:
-                return name
-    return None
 
 
 def _index_of(graph: Graph, focus: Node, prop: URIRef, value: URIRef) -> int | None:
@@ -194,7 +140,7 @@ def _depth(value: Any, level: int = 0) -> int:
     return deepest
 
 
-def from_json(data: Any, case_id: str | None = None, site: str = DEFAULT_SITE) -> CaseGraph:
+def from_json(data: Any, contract: Contract, case_id: str | None = None, site: str = DEFAULT_SITE) -> CaseGraph:
     """Map a contract case to RDF. Structural problems are collected, not raised."""
     if not isinstance(data, dict):
         raise MalformedInput("a case must be a JSON object")
@@ -213,9 +159,9 @@ def from_json(data: Any, case_id: str | None = None, site: str = DEFAULT_SITE) -
 
     iri = case_iri(case_id, site)
     graph = Graph()
-    graph.add((iri, RDF.type, ESI.PatientCase))
-    cg = CaseGraph(iri=iri, id=case_id, graph=graph, node_paths={iri: ""}, problems=problems)
-    _map_object(cg, iri, data, CASE_FIELDS, path="", ignore={"id"})
+    graph.add((iri, RDF.type, contract.case_type))
+    cg = CaseGraph(iri=iri, id=case_id, graph=graph, contract=contract, node_paths={iri: ""}, problems=problems)
+    _map_object(cg, iri, data, contract.fields, path="", ignore={"id"})
     return cg
 
 
@@ -231,7 +177,7 @@ def _map_object(cg: CaseGraph, node: URIRef, data: dict[str, Any], specs: dict[s
             continue
         if value is None:
             continue
-        if spec.kind in ("codes", "instances", "objects"):
+        if spec.is_list:
             if not isinstance(value, list):
                 cg.problems.append(Violation(here, f"{key} must be a JSON array"))
                 continue
@@ -304,7 +250,7 @@ def _literal(value: Any, kind: str) -> Literal:
 _FORBIDDEN_NAMESPACES = (str(OWL), str(RDFS))
 
 
-def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_triples: int = 2_000,
+def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | None = None, max_triples: int = 2_000,
              site: str = DEFAULT_SITE) -> CaseGraph:
     """Read a case written in Turtle, JSON-LD or N-Triples.
 
@@ -326,7 +272,7 @@ def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_tripl
     triples: list[Triple] = [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object)) for q in quads]
 
     problems = [Violation("$", msg) for msg in _schema_problems(triples)]
-    cases = sorted({s for s, p, o in triples if p == RDF.type and o == ESI.PatientCase}, key=str)
+    cases = sorted({s for s, p, o in triples if p == RDF.type and o == contract.case_type}, key=str)
     if len(cases) != 1:
         raise InvalidCase([*problems, Violation("$", f"the document must describe exactly one esi:PatientCase, "
                                                      f"not {len(cases)}")])
@@ -352,7 +298,7 @@ def from_rdf(body: bytes, media_type: str, case_id: str | None = None, max_tripl
                                             "case or a node it links to"))
             continue
         graph.add((rename.get(s, s), p, rename.get(o, o)))
-    cg = CaseGraph(iri=iri, id=case_id, graph=graph, node_paths={iri: ""}, problems=problems)
+    cg = CaseGraph(iri=iri, id=case_id, graph=graph, contract=contract, node_paths={iri: ""}, problems=problems)
     _name_nodes(cg)
     return cg
 
@@ -397,14 +343,14 @@ def _reachable(root: Node, triples: list[Triple]) -> set[Node]:
 
 def _name_nodes(cg: CaseGraph) -> None:
     """Give nodes of an RDF-born case JSON-like paths, for readable violations."""
-    todo: list[tuple[Node, str, dict[str, Spec]]] = [(cg.iri, "", CASE_FIELDS)]
+    todo: list[tuple[Node, str, dict[str, Spec]]] = [(cg.iri, "", cg.contract.fields)]
     while todo:
         node, path, specs = todo.pop()
         for name, spec in specs.items():
             values = sorted(cg.graph.objects(node, spec.prop), key=str)
             for i, value in enumerate(values):
                 here = f"{path}.{name}" if path else name
-                if spec.kind in ("codes", "instances", "objects"):
+                if spec.is_list:
                     here = f"{here}[{i}]"
                 if value not in cg.node_paths and not isinstance(value, Literal) and spec.kind != "code" \
                         and spec.kind != "codes":
@@ -469,13 +415,16 @@ def _date(node: Node | None) -> dt.date | None:
 # -- JSON out ---------------------------------------------------------------------------
 
 
-def to_json(graph: Graph, case: URIRef) -> dict[str, Any]:
-    """The contract JSON of an asserted case graph (the inverse of :func:`from_json`)."""
+def to_json(graph: Graph, case: URIRef, contract: Contract) -> dict[str, Any]:
+    """The contract JSON of an asserted case graph (the inverse of :func:`from_json`): every
+    list field is present, and absent fields with a default read as it."""
     out: dict[str, Any] = {"id": case_id_of(case)}
-    out.update(_read_object(graph, case, CASE_FIELDS))
-    for name in LIST_FIELDS:
-        out.setdefault(name, [])
-    out.setdefault("prior_spinal_surgery", False)
+    out.update(_read_object(graph, case, contract.fields))
+    for name, spec in contract.fields.items():
+        if spec.is_list:
+            out.setdefault(name, [])
+        elif spec.default is not None:
+            out.setdefault(name, spec.default)
     return out
 
 

@@ -17,12 +17,11 @@ from typing import Any
 
 import pyoxigraph as ox
 from rdflib import Graph, Literal, URIRef
-from rdflib.namespace import SH
-from rdflib.term import Node
 
 from . import cases
-from .cases import CASE_FIELDS, CaseGraph
+from .cases import CaseGraph
 from .config import Settings
+from .contract import Contract
 from .errors import ESIError, InvalidCase, MalformedInput, Problem, UnsupportedMediaType, Violation
 from .media import JSON, RDF_FORMATS, essence
 from .ontology import ESI, Ontology, Triple
@@ -50,14 +49,15 @@ def _rdf_reader(media_type: str) -> Reader:
     def read(kb: KnowledgeBase, body: Any, case_id: str | None, site: str) -> CaseGraph:
         if not isinstance(body, bytes):
             raise MalformedInput(f"a {media_type} case must be sent as a body")
-        return cases.from_rdf(body, media_type, case_id=case_id, max_triples=kb.max_case_triples, site=site)
+        return cases.from_rdf(body, media_type, kb.contract, case_id=case_id, max_triples=kb.max_case_triples,
+                              site=site)
 
     return Reader(lambda body: body, read)
 
 
 #: Every media type a case may be sent in, JSON first: the pipeline's one media dispatch.
 READERS: dict[str, Reader] = {
-    JSON: Reader(cases.load_json, lambda kb, data, case_id, site: cases.from_json(data, case_id=case_id, site=site)),
+    JSON: Reader(cases.load_json, lambda kb, data, case_id, site: kb.read_json(data, case_id, site)),
     **{media_type: _rdf_reader(media_type) for media_type in RDF_FORMATS},
 }
 
@@ -90,6 +90,7 @@ class KnowledgeBase:
                  max_case_triples: int = 2_000, cache_dir: Path | None = None,
                  shacl_engine: str = "builtin", max_batch: int = 1_000) -> None:
         self.ontology = ontology
+        self.contract = Contract.from_shapes(case_shapes)
         self.validator = CaseValidator(ontology, case_shapes, shacl_engine)
         self.reasoner = Reasoner(ontology, engine, cache_dir=cache_dir)
         self.answers = AnswerBuilder(ontology)
@@ -172,11 +173,12 @@ class KnowledgeBase:
     # -- the stages ------------------------------------------------------------------------
 
     def read_json(self, data: Any, case_id: str | None = None, site: str = cases.DEFAULT_SITE) -> CaseGraph:
-        return cases.from_json(data, case_id=case_id, site=site)
+        return cases.from_json(data, self.contract, case_id=case_id, site=site)
 
     def read_rdf(self, body: bytes, media_type: str, case_id: str | None = None,
                  site: str = cases.DEFAULT_SITE) -> CaseGraph:
-        return cases.from_rdf(body, media_type, case_id=case_id, max_triples=self.max_case_triples, site=site)
+        return cases.from_rdf(body, media_type, self.contract, case_id=case_id, max_triples=self.max_case_triples,
+                              site=site)
 
     def check(self, case: CaseGraph) -> list[Violation]:
         """Every violation of the contract; empty when the case is valid."""
@@ -223,21 +225,8 @@ class KnowledgeBase:
     def vocabulary(self) -> dict[str, dict[str, list[dict[str, str]]]]:
         """Every accepted code by contract field, then the codes answers use."""
         onto = self.ontology
-        shapes = self.validator.shapes
-        parents: dict[Node, str] = {spec.prop: name for name, spec in CASE_FIELDS.items() if spec.fields}
-        groups: dict[str, list[dict[str, str]]] = {}
-        for prop_shape, name in shapes.subject_objects(SH.name):
-            path = shapes.value(prop_shape, SH.path)
-            cls = shapes.value(prop_shape, SH["class"]) or next(  # or on the shape of the values themselves
-                (shapes.value(v, SH["class"]) for v in shapes.subjects(SH.targetObjectsOf, path)
-                 if shapes.value(v, SH["class"]) is not None), None)
-            if cls is None or not onto.members(URIRef(str(cls))):
-                continue
-            owner = shapes.value(None, SH.property, prop_shape)
-            target = shapes.value(owner, SH.targetObjectsOf) if owner is not None else None
-            parent = parents.get(target) if target is not None else None
-            field = f"{parent}.{name}" if parent else str(name)
-            groups[field] = [self._entry(t) for t in onto.members(URIRef(str(cls)))]
+        groups = {field: [self._entry(t) for t in onto.members(cls)]
+                  for field, cls in self.contract.coded_fields().items() if onto.members(cls)}
         answers = {
             "response.category": ESI.ResponseCategory, "pain_sources": ESI.AnatomicalPainSource,
             "failure_causes": ESI.FailureCause, "pathways": ESI.CarePathway, "pathways.urgency": ESI.Urgency,

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from rdflib import XSD
+
 from . import __version__
 from .cases import CODE_PATTERN, ID_PATTERN
+from .contract import Contract, Spec
 from .kb import READERS
 from .media import GRAPH_FORMATS
 from .queries import NAME_PATTERN, Catalog, NamedQuery
@@ -65,39 +68,42 @@ def codes_of(entries: list[dict[str, str]]) -> Schema:
 # -- schemas ------------------------------------------------------------------------------------
 
 
-def case_schema(vocabulary: dict[str, list[dict[str, str]]]) -> Schema:
-    """The contract's case as JSON Schema 2020-12: types, ranges and the vocabulary's codes."""
-
-    def code(field: str) -> Schema:
-        return codes_of(vocabulary[field])
-
-    def codes(field: str, min_items: int = 0) -> Schema:
-        return {"type": "array", "items": code(field), **({"minItems": min_items} if min_items else {})}
-
-    injection = obj({"date": DATE, "approach": code("injection.approach"),
-                     "spinal_region": code("injection.spinal_region")}, ["date"], closed=True)
-    score = obj({"date": DATE, "score": {"type": "integer", "minimum": 0, "maximum": 10}}, closed=True)
-    block = obj({"target": code("diagnostic_blocks.target"), "date": DATE,
-                 "relief_percent": {"type": "number", "minimum": 0, "maximum": 100}}, closed=True)
-    schema = obj({
+def case_schema(contract: Contract, vocabulary: dict[str, list[dict[str, str]]]) -> Schema:
+    """The contract's case as JSON Schema 2020-12, from the case shapes: types, ranges, codes."""
+    schema = _object_schema(contract.fields, vocabulary, "", {
         "id": {"type": "string", "pattern": ID_PATTERN.pattern,
-               "description": "assigned by the server when absent; in PUT, equal to the id in the path"},
-        "age": {"type": "integer", "minimum": 18, "maximum": 120},
-        "sex": code("sex"),
-        "pain_regions": codes("pain_regions", 1),
-        "diagnoses": codes("diagnoses"),
-        "findings": codes("findings"),
-        "prior_spinal_surgery": {"type": "boolean", "default": False},
-        "injection": injection,
-        "pain_scores": {"type": "array", "items": score, "minItems": 1,
-                        "description": "at least one on or before the injection date, the last of which (the "
-                                       "baseline) is at least 1; no date after today"},
-        "red_flags": codes("red_flags"),
-        "treatments_tried": codes("treatments_tried"),
-        "diagnostic_blocks": {"type": "array", "items": block},
-    }, ["age", "pain_regions", "injection", "pain_scores"], closed=True)
+               "description": "assigned by the server when absent; in PUT, equal to the id in the path"}})
     schema["description"] = "A patient case after an epidural steroid injection; codes are listed by GET /vocabulary."
     return schema
+
+
+_TYPES = {XSD.integer: "integer", XSD.boolean: "boolean", XSD.decimal: "number", XSD.string: "string"}
+
+
+def _object_schema(fields: dict[str, Spec], vocabulary: dict[str, list[dict[str, str]]], prefix: str,
+                   extra: dict[str, Schema] | None = None) -> Schema:
+    properties = {**(extra or {}), **{name: _field_schema(spec, vocabulary, prefix + name)
+                                      for name, spec in fields.items()}}
+    return obj(properties, [name for name, spec in fields.items() if spec.required], closed=True)
+
+
+def _field_schema(spec: Spec, vocabulary: dict[str, list[dict[str, str]]], path: str) -> Schema:
+    if spec.kind in ("code", "codes", "instances"):
+        item = codes_of(vocabulary.get(path, []))
+    elif spec.kind in ("object", "objects"):
+        item = _object_schema(spec.fields, vocabulary, path + ".")
+    elif spec.kind == "date":
+        item = dict(DATE)
+    else:
+        item = {"type": _TYPES.get(spec.datatype or XSD.string, "string") if spec.kind == "scalar" else "number"}
+        item.update({k: v for k, v in (("minimum", spec.minimum), ("maximum", spec.maximum)) if v is not None})
+    if spec.is_list:
+        item = {"type": "array", "items": item, **({"minItems": 1} if spec.required else {})}
+    if spec.default is not None:
+        item["default"] = spec.default
+    if spec.description:
+        item["description"] = spec.description
+    return item
 
 
 def answer_schema(vocabulary: dict[str, list[dict[str, str]]]) -> Schema:
@@ -129,7 +135,7 @@ def schemas(service: Service) -> dict[str, Schema]:
                    "detail": STRING}, ["type", "title", "status"])
     violation = obj({"path": STRING, "message": STRING, "shape": STRING, "value": {}}, ["path", "message"])
     return {
-        "Case": case_schema(vocabulary["input"]),
+        "Case": case_schema(service.kb.contract, vocabulary["input"]),
         "Answer": answer_schema(vocabulary["answer"]),
         "Rule": obj({"iri": {"type": "string", "format": "iri"}, "label": STRING, "source": STRING}),
         "CaseList": obj({

@@ -85,7 +85,7 @@ class Service:
         graph = Graph()
         for t in self.case_triples(case_id, site):
             graph.add((from_ox(t.subject), from_ox(t.predicate), from_ox(t.object)))
-        return cases.to_json(graph, cases.case_iri(case_id, site))
+        return cases.to_json(graph, cases.case_iri(case_id, site), self.kb.contract)
 
     def stored_answer(self, case_id: str, site: str) -> dict[str, Any]:
         store = self.site_store(site)

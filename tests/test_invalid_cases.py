@@ -355,13 +355,13 @@ def normalised(case: dict[str, Any]) -> dict[str, Any]:
 def test_json_round_trip(kb: KnowledgeBase, path: Path) -> None:
     case = json.loads(path.read_text(encoding="utf-8"))["case"]
     graph = kb.read_json(case)
-    assert normalised(cases.to_json(graph.graph, graph.iri)) == normalised(case)
+    assert normalised(cases.to_json(graph.graph, graph.iri, graph.contract)) == normalised(case)
 
 
 def test_json_round_trip_of_a_rich_case(kb: KnowledgeBase) -> None:
     case = json.loads(TWIN.with_suffix(".json").read_text(encoding="utf-8"))
     graph = kb.read_json(case)
-    assert normalised(cases.to_json(graph.graph, graph.iri)) == normalised(case)
+    assert normalised(cases.to_json(graph.graph, graph.iri, graph.contract)) == normalised(case)
 
 
 # -- Turtle and JSON-LD -------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_rdf_case_answers_as_its_json_twin(kb: KnowledgeBase, twin_answer: dict[
 def test_rdf_case_reads_back_as_its_json_twin(kb: KnowledgeBase) -> None:
     graph = kb.read_rdf(TWIN.with_suffix(".ttl").read_bytes(), TURTLE)
     twin = json.loads(TWIN.with_suffix(".json").read_text(encoding="utf-8"))
-    assert normalised(cases.to_json(graph.graph, graph.iri)) == normalised(twin)
+    assert normalised(cases.to_json(graph.graph, graph.iri, graph.contract)) == normalised(twin)
 
 
 CASE = "<https://w3id.org/esi-kg/case/rdf-twin>"
