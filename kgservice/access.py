@@ -33,6 +33,26 @@ def requires(scope: str) -> Callable[[F], F]:
     return mark
 
 
+def accepts_form_token(view: F) -> F:
+    """Let a page's form send the token as a ``token`` field of its POST body, for browsers without
+    JavaScript (which cannot set a header). Never a cookie, so no request is made with it unasked."""
+    view.esi_form_token = True  # type: ignore[attr-defined]
+    return view
+
+
+def _presented_token() -> tuple[str, str]:
+    """The request's credential: the Authorization header, else a page form's ``token`` field."""
+    header = request.headers.get("Authorization", "")
+    view = current_app.view_functions.get(request.endpoint or "")
+    form = request.mimetype == "application/x-www-form-urlencoded"
+    if not header and form and getattr(view, "esi_form_token", False):
+        form_token = request.form.get("token", "").strip()
+        if form_token:
+            return f"Bearer {form_token}", form_token
+    kind, _, presented = header.partition(" ")
+    return header, presented.strip() if kind.lower() == "bearer" else ""
+
+
 def _scope_of_request() -> str | None:
     view = current_app.view_functions.get(request.endpoint or "")
     return getattr(view, "esi_scope", None)
@@ -45,9 +65,8 @@ def authenticate() -> None:
     if not settings.auth_required:
         g.caller = Caller(None, DEFAULT_SITE, frozenset(SCOPES))
         return
-    header = request.headers.get("Authorization", "")
-    kind, _, presented = header.partition(" ")
-    token = current_app.extensions["esi-tokens"].verify(presented.strip()) if kind.lower() == "bearer" else None
+    header, presented = _presented_token()
+    token = current_app.extensions["esi-tokens"].verify(presented) if presented else None
     g.caller = Caller(token.id, token.site, frozenset(token.scopes)) if token else None
     if scope is None:
         return

@@ -51,12 +51,16 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     access.install(app, settings)
     app.before_request(_bounded_stream)
 
+    from .pages import bp as pages_bp
+    from .pages import clinician_bp
     from .queries import bp as queries_bp
     from .sparql import bp as sparql_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(sparql_bp)
     app.register_blueprint(queries_bp)
+    app.register_blueprint(pages_bp)
+    app.register_blueprint(clinician_bp)
     app.register_error_handler(ESIError, _domain_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

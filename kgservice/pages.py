@@ -1,0 +1,148 @@
+"""The web pages: a landing page, the clinician's form, the query page and sign-in.
+
+Server-rendered with Jinja2; small scripts under ``static/`` add the token header and update
+the page in place, but the clinician's form also works without them. The pages themselves
+hold no case data and are open; what they send goes through the same scopes as the API.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, render_template, request
+
+from . import forms
+from .access import accepts_form_token, requires
+from .errors import Conflict, ESIError, Violation
+from .ontology import local_name
+from .web import service, site
+
+bp = Blueprint("pages", __name__, template_folder="templates")
+#: The clinician's views: their errors are drawn on the form, not sent as problem+json.
+clinician_bp = Blueprint("clinician", __name__, template_folder="templates")
+
+VENDOR = Path(__file__).parent / "static" / "vendor"
+#: The pages load only this server's script and style files: no inline code, no framing.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def _page_headers(response: Response) -> Response:
+    # setdefault: a policy the app sets for every response (the security headers) comes first.
+    response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"  # the clinician's pages echo the patient's case
+    return response
+
+
+bp.after_request(_page_headers)
+clinician_bp.after_request(_page_headers)
+clinician_bp.after_request(_no_store)
+
+
+def _form_fields() -> list[forms.Field]:
+    from .openapi import case_schema
+
+    return forms.build(case_schema(service().vocabulary["input"]), service().vocabulary["input"])
+
+
+def _labels(group: str) -> dict[str, str]:
+    return {e["code"]: e["label"] for e in service().vocabulary["answer"][group]}
+
+
+def _render(template: str, status: int = 200, **context: Any) -> Response:
+    context.setdefault("auth_required", service().settings.auth_required)
+    return Response(render_template(template, **context), status=status, mimetype="text/html")
+
+
+@bp.app_template_filter("docs_anchor")
+def docs_anchor(rule: dict[str, Any] | None) -> str:
+    """The documentation's anchor for a rule of an answer: ``/docs#rule-primary-non-responder``."""
+    return f"/docs#{local_name(rule['iri'])}" if rule and rule.get("iri") else "/docs"
+
+
+@bp.get("/")
+def landing() -> Response:
+    return _render("index.html")
+
+
+@bp.get("/sign-in")
+def sign_in() -> Response:
+    return _render("signin.html")
+
+
+@bp.get("/query")
+def query_page() -> Response:
+    from .queries import catalog
+
+    examples = [{**q.describe(), "text": q.text} for q in catalog().queries.values()]
+    return _render("query.html", examples=examples, editor=(VENDOR / "editor.js").is_file())
+
+
+# -- the clinician's page -------------------------------------------------------------------------
+
+
+@clinician_bp.route("/clinician", methods=["GET", "POST"])
+def clinician() -> Response:
+    """The form; a POST only redraws it, with a row added or removed (for browsers without scripts)."""
+    if request.method == "GET":
+        return _clinician_page({})
+    intent = request.form.get("intent", "")
+    verb, _, target = intent.partition(":")
+    case = forms.read(_form_fields(), request.form, remove=target if verb == "remove" else None)
+    return _clinician_page(case, add=target if verb == "add" else None)
+
+
+@clinician_bp.post("/clinician/assess")
+@requires("pathway:run")
+@accepts_form_token
+def clinician_assess() -> Response:
+    case = forms.read(_form_fields(), request.form)
+    answer = service().pathway(json.dumps(case).encode("utf-8"), "application/json", site())
+    return _clinician_page(case, answer=answer)
+
+
+@clinician_bp.post("/clinician/store")
+@requires("cases:write")
+@accepts_form_token
+def clinician_store() -> Response:
+    case = forms.read(_form_fields(), request.form)
+    stored = service().create(json.dumps(case).encode("utf-8"), "application/json", site())
+    return _clinician_page({**case, "id": stored.case_id}, answer=stored.answer, stored=stored.case_id, status=201)
+
+
+@clinician_bp.errorhandler(ESIError)
+def page_error(exc: ESIError) -> Response:
+    """A refused case is shown on the form: each violation at its input, the rest above the form."""
+    case = forms.read(_form_fields(), request.form) if request.method == "POST" else {}
+    problem = exc.problem()  # from a reasoning worker, the error arrives as its problem JSON
+    violations = [Violation(v.get("path", ""), v.get("message", "")) for v in problem.get("violations", [])]
+    if exc.status == Conflict.status:
+        violations = [Violation("id", exc.detail or "a case with this id is stored already")]
+    return _clinician_page(case, violations=violations, problem=problem, status=exc.status)
+
+
+def _clinician_page(case: dict[str, Any], answer: dict[str, Any] | None = None, stored: str | None = None,
+                    violations: list[Violation] | None = None, problem: dict[str, Any] | None = None,
+                    add: str | None = None, status: int = 200) -> Response:
+    fields = _form_fields()
+    errors, elsewhere = forms.errors_by_input(fields, case, violations or [])
+    rows = {f.name: _rows(case.get(f.name), add == f.name) for f in fields if f.kind == "rows"}
+    return _render("clinician.html", status, fields=fields, values=case, rows=rows, errors=errors,
+                   elsewhere=elsewhere, problem=problem, answer=answer, stored=stored,
+                   categories=_labels("response.category"), urgencies=_labels("pathways.urgency"),
+                   input_id=forms.input_id)
+
+
+def _rows(values: Any, add: bool) -> list[dict[str, Any]]:
+    """The rows to draw for a block: the case's, an empty one when there are none, one more on request."""
+    rows = [r for r in values if isinstance(r, dict)] if isinstance(values, list) else []
+    if not rows or add:
+        rows.append({})
+    return rows[: forms.MAX_ROWS]
