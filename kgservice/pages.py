@@ -125,7 +125,10 @@ def page_error(exc: ESIError) -> Response:
     violations = [Violation(v.get("path", ""), v.get("message", "")) for v in problem.get("violations", [])]
     if exc.status == Conflict.status:
         violations = [Violation("id", exc.detail or "a case with this id is stored already")]
-    return _clinician_page(case, violations=violations, problem=problem, status=exc.status)
+    response = _clinician_page(case, violations=violations, problem=problem, status=exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="esi-kg"'
+    return response
 
 
 def _clinician_page(case: dict[str, Any], answer: dict[str, Any] | None = None, stored: str | None = None,

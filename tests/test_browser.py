@@ -83,7 +83,7 @@ def shot(page: Any, name: str) -> None:
 
 def assert_accessible(page: Any) -> None:
     """axe-core finds no serious or critical violation of WCAG 2.1 A/AA on the page as it is now."""
-    assert AXE.is_file(), f"{AXE} is missing: `pip install -e .` runs npm ci (hatch_build.py), unless ESI_WEB_BUILD=skip"
+    assert AXE.is_file(), f"{AXE} is missing: `pip install -e .` runs npm ci (hatch_build.py) unless ESI_WEB_BUILD=skip"
     page.evaluate(AXE.read_text(encoding="utf-8") + "\n;undefined")  # evaluated by the driver: outside the CSP
     seen = page.evaluate("(window.__csp || []).length")
     result = page.evaluate("axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', "

@@ -19,7 +19,9 @@ from kgservice.auth import TokenStore
 
 from .conftest import CASE_BASE, Apps, Site, assert_problem, issue, settings_of, vignette
 
-OPEN = {"/vocabulary", "/ontology", "/health", "/openapi.json"}
+OPEN = {"/vocabulary", "/ontology", "/health", "/openapi.json", "/", "/sign-in", "/query", "/clinician"}
+#: The clinician's form posts: refused with the form's page (401, with a link to sign in), not problem+json.
+PAGE_POSTS = {"/clinician/assess", "/clinician/store"}
 #: Every protected endpoint, with the scope it needs and a request that exercises it.
 PROTECTED: list[tuple[str, str, str]] = [
     ("POST", "/pathway", "pathway:run"),
@@ -70,6 +72,9 @@ def test_every_endpoint_but_the_open_ones_needs_a_token(secure_app: Flask) -> No
             if path in OPEN:
                 assert response.status_code == 200, (method, path, response.status_code)
                 seen_open.add(path)
+            elif path in PAGE_POSTS:
+                assert response.status_code == 401 and response.mimetype == "text/html", (path, response.status_code)
+                assert response.headers["WWW-Authenticate"].lower().startswith("bearer")
             else:
                 assert_problem(response, 401)
     assert seen_open == OPEN
