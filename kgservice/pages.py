@@ -49,7 +49,8 @@ clinician_bp.after_request(_no_store)
 def _form_fields() -> list[forms.Field]:
     from .openapi import case_schema
 
-    return forms.build(case_schema(service().vocabulary["input"]), service().vocabulary["input"])
+    vocabulary = service().vocabulary["input"]
+    return forms.build(case_schema(service().kb.contract, vocabulary), vocabulary)
 
 
 def _labels(group: str) -> dict[str, str]:
