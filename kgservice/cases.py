@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from functools import cached_property
 from typing import Any, cast
 
@@ -361,42 +361,24 @@ def _name_nodes(cg: CaseGraph) -> None:
 
 # -- observations -----------------------------------------------------------------------
 
-RELIEF_QUANTUM = Decimal("0.01")
-
-
 def observations(graph: Graph, case: URIRef) -> list[Triple]:
-    """Day offsets and relief percentages: arithmetic only, no judgement.
+    """Day offsets: arithmetic only, no judgement.
 
-    The baseline is the last score on or before the injection date; relief is
-    ``(baseline − score) / baseline × 100``, rounded to 0.01.
+    Each pain score's ``esi:daysAfterInjection`` and the case's ``esi:daysSinceInjection``
+    (to its latest score). Which score is the baseline, which scores are responses and their
+    relief are the ontology's rules (``esi:rule-baseline-score``, ``esi:rule-relief``).
     """
     injection = graph.value(case, ESI.hasInjection)
     injected = _date(graph.value(injection, ESI.performedOn)) if injection is not None else None
     if injected is None:
         return []
-    scores: list[tuple[int, int, Node]] = []  # (days after the injection, score, score node)
+    out: list[Triple] = []
     for node in graph.objects(case, ESI.hasPainScore):
         when = _date(graph.value(node, ESI.observedOn))
-        score = graph.value(node, ESI.scoreValue)
-        if when is not None and score is not None:
-            scores.append(((when - injected).days, int(cast(Literal, score)), node))
-    out: list[Triple] = [(node, ESI.daysAfterInjection, Literal(days)) for days, _, node in scores]
-    before = [s for s in scores if s[0] <= 0]
-    if not before:
-        return out
-    baseline_days, baseline, baseline_node = max(before, key=lambda s: (s[0], s[1]))
-    out.append((case, ESI.hasBaselineScore, baseline_node))
-    best: Decimal | None = None
-    for days, value, node in scores:
-        if days <= 0 or baseline <= 0:
-            continue
-        relief = (Decimal(baseline - value) * 100 / Decimal(baseline)).quantize(RELIEF_QUANTUM, ROUND_HALF_EVEN)
-        out.append((node, ESI.reliefPercent, decimal_literal(relief)))
-        best = relief if best is None else max(best, relief)
-    if best is not None:
-        out.append((case, ESI.bestReliefPercent, decimal_literal(best)))
-    if scores:
-        out.append((case, ESI.daysSinceInjection, Literal(max(s[0] for s in scores))))
+        if when is not None:
+            out.append((node, ESI.daysAfterInjection, Literal((when - injected).days)))
+    if out:
+        out.append((case, ESI.daysSinceInjection, Literal(max(int(cast(Literal, t[2])) for t in out))))
     return out
 
 
