@@ -24,7 +24,7 @@ from .cases import DEFAULT_SITE, load_json
 from .config import Settings
 from .errors import ESIError, MalformedInput, Problem
 from .media import JSON
-from .store import CaseGraphs, Stores
+from .store import CaseGraphs, OxigraphSite, open_stores
 
 #: The loader flushes less often than the server (about every 2600 cases): each flush makes
 #: a small file for RocksDB to compact, and at 100k cases compaction was a sixth of the CPU.
@@ -155,9 +155,10 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
     from .kb import KnowledgeBase
 
     kb = KnowledgeBase.from_settings(settings)
-    stores = Stores(settings.data_dir)
+    stores = open_stores(settings)
     store = stores.site(site)
-    store.flush_after = BULK_FLUSH_AFTER_QUADS
+    if isinstance(store, OxigraphSite):
+        store.flush_after = BULK_FLUSH_AFTER_QUADS
     store.set_ontology(kb.version, kb.ontology.graph, kb.reasoner.tbox_closure)
     summary = Summary()
     bar = Progress(progress) if progress is not None else None

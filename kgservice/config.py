@@ -10,6 +10,7 @@ from typing import Any
 
 ENGINES = ("reasonable", "owlrl")
 SHACL_ENGINES = ("builtin", "pyshacl")
+STORES = ("oxigraph", "sparql")
 
 
 def _resource_dir(name: str) -> Path:
@@ -49,6 +50,12 @@ class Settings:
     auth_required: bool = True
     audit_log: Path | None = None
     audit_fsync: bool = False
+    store: str = "oxigraph"
+    sparql_endpoint: str | None = None
+    sparql_update_endpoint: str | None = None
+    sparql_gsp_endpoint: str | None = None
+    sparql_username: str | None = None
+    sparql_password: str | None = None
 
     @property
     def audit_path(self) -> Path:
@@ -68,6 +75,10 @@ class Settings:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.shacl_engine not in SHACL_ENGINES:
             raise ValueError(f"shacl_engine must be one of {', '.join(SHACL_ENGINES)}, not {self.shacl_engine!r}")
+        if self.store not in STORES:
+            raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.store == "sparql" and not self.sparql_endpoint:
+            raise ValueError("ESI_STORE=sparql needs ESI_SPARQL_ENDPOINT (the store's SPARQL query endpoint)")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

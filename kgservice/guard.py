@@ -120,15 +120,18 @@ _NETWORK_EVENTS = {
 _installed = False
 
 
-def install_network_guard() -> None:
+def install_network_guard(allow: Iterable[tuple[str, int]] = ()) -> None:
     """Refuse, for the rest of the process's life, every outgoing connection from Python.
 
+    ``allow``: the (host, port) pairs that may still be reached, names and addresses both: the
+    remote store's endpoints (``ESI_STORE=sparql``), derived from the settings, and nothing else.
     Audit hooks cannot be removed: call this only in the server process (``kgservice
     serve``), never in a process that must connect somewhere (a test client).
     """
     global _installed
     if _installed:
         return
+    allowed = frozenset((host.lower(), int(port)) for host, port in allow)
 
     def hook(event: str, args: tuple[object, ...]) -> None:
         what = _NETWORK_EVENTS.get(event)
@@ -136,10 +139,25 @@ def install_network_guard() -> None:
             return
         if event == "socket.connect" and args and _is_local_socket(args):
             return
+        if allowed and _target(event, args) in allowed:
+            return
         raise PermissionError(f"ESI-KG does not {what} ({event} refused by the network guard)")
 
     sys.addaudithook(hook)
     _installed = True
+
+
+def _target(event: str, args: tuple[object, ...]) -> tuple[str, int] | None:
+    """The (host, port) an event would reach, where it names one."""
+    try:
+        if event == "socket.connect" and isinstance(args[1], tuple):
+            return str(args[1][0]).lower(), int(args[1][1])
+        if event in ("socket.getaddrinfo", "http.client.connect"):
+            host, port = (args[0], args[1]) if event == "socket.getaddrinfo" else (args[1], args[2])
+            return str(host).lower(), int(port)  # type: ignore[call-overload]
+    except (IndexError, TypeError, ValueError):
+        return None
+    return None
 
 
 def _is_local_socket(args: tuple[object, ...]) -> bool:

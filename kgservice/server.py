@@ -47,8 +47,13 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
         from .guard import install_network_guard
         from .service import Service
 
-        install_network_guard()  # from here on, nothing in this process may connect out
         settings = self.settings
+        allow = []
+        if settings.store == "sparql":  # the server itself sends the queries to the remote store
+            from .remote import store_addresses
+
+            allow = store_addresses(settings)
+        install_network_guard(allow)  # from here on, nothing in this process may connect out but to the store
         if settings.reasoning_workers is None:
             settings = settings.with_(reasoning_workers=os.cpu_count() or 2)
         return create_app(settings, service=Service(settings, guard=True))

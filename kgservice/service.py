@@ -20,7 +20,7 @@ from .isolation import ReasoningPool
 from .kb import KnowledgeBase, Outcome
 from .ontology import ESI
 from .reasoning import ENGINES
-from .store import SiteStore, SiteStores, Stores
+from .store import SiteStore, SiteStores, open_stores
 from .terms import from_ox
 
 
@@ -37,7 +37,7 @@ class Service:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.kb = kb or KnowledgeBase.from_settings(settings)
-        self.stores: SiteStores = stores or Stores(settings.data_dir)
+        self.stores: SiteStores = stores or open_stores(settings)
         self._current: set[str] = set()  # sites whose ontology graphs this process has brought up to date
         self._current_lock = threading.Lock()
         workers = settings.reasoning_workers or 0

@@ -444,6 +444,15 @@ def _insert_data(quads: Sequence[ox.Quad]) -> str:
     return f"INSERT DATA {{ {body} }}"
 
 
+def open_stores(settings: Any) -> SiteStores:
+    """The sites' stores the settings choose: embedded Oxigraph (default) or a remote SPARQL store."""
+    if settings.store == "sparql":
+        from .remote import SparqlStores
+
+        return SparqlStores(settings)
+    return Stores(settings.data_dir)
+
+
 class Stores:
     """The Oxigraph datasets of every site, opened on first use (``data_dir/sites/<site>``)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,23 @@ def make_case() -> CaseFactory:
 
 
 # -- the web app ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sparql_endpoint() -> Iterator[str]:
+    """A real Virtuoso's SPARQL endpoint (see ``tests/virtuoso.py``), shared by the session."""
+    from virtuoso import virtuoso_endpoint
+
+    yield from virtuoso_endpoint()
+
+
+@pytest.fixture(params=["oxigraph", "sparql"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Any) -> Settings:
+    """Settings for each store implementation: the embedded Oxigraph and a real Virtuoso."""
+    if request.param == "sparql":
+        endpoint = request.getfixturevalue("sparql_endpoint")
+        return Settings(data_dir=tmp_path, store="sparql", sparql_endpoint=endpoint, auth_required=False)
+    return Settings(data_dir=tmp_path, auth_required=False)
 
 
 @pytest.fixture
