@@ -32,7 +32,7 @@ from .errors import Conflict, ESIError, NotFound, QueryError
 from .isolation import TimeLimit
 from .ontology import ESI, Triple
 from .sitequery import ONTOLOGY_GRAPHS, case_prefix, confine, union_graph
-from .store import QueryScope
+from .store import QueryScope, _list_pattern
 from .terms import QueryResult, Selects, Substitutions, solutions, triples_to_ox
 
 T = TypeVar("T")
@@ -165,16 +165,13 @@ class SparqlSite:
 
     def case_ids(self, category: str | None = None, pathway: str | None = None, limit: int = 50,
                  offset: int = 0) -> tuple[list[str], int]:
-        binds: Substitutions = {}
-        if category is not None:
-            binds[ox.Variable("category")] = ox.NamedNode(str(ESI[category]))
-        if pathway is not None:
-            binds[ox.Variable("pathway")] = ox.NamedNode(str(ESI[pathway]))
-        pattern = "?case esi:hasResponseCategory ?category ." + (
-            " ?case esi:hasApplicablePathway ?pathway ." if pathway is not None else "")
+        pattern, projected, binds = _list_pattern(category, pathway)
         prefix = f"PREFIX esi: <{ESI}> "
-        page = f"{prefix}SELECT ?case WHERE {{ {pattern} }} ORDER BY ?case LIMIT {int(limit)} OFFSET {int(offset)}"
-        count = f"{prefix}SELECT (COUNT(DISTINCT ?case) AS ?n) WHERE {{ {pattern} }}"
+        # ORDER BY: without it Virtuoso need not give the same order to two pages
+        page = (f"{prefix}SELECT ?case {projected} WHERE {{ {pattern} }} ORDER BY ?case "
+                f"LIMIT {int(limit)} OFFSET {int(offset)}")
+        count = (f"{prefix}SELECT (COUNT(*) AS ?n) {projected} WHERE {{ {pattern} }}"
+                 + (f" GROUP BY {projected}" if projected else ""))
         ids = [row["case"].value.rsplit("/", 1)[-1] for row in self.select(page, binds)]
         counted = next(iter(self.select(count, binds)), None)
         return ids, int(counted["n"].value) if counted is not None and counted["n"] is not None else 0
