@@ -166,6 +166,19 @@ def _input_names(fields: list[Field], values: dict[str, Any], prefix: str) -> li
     return names
 
 
+def spoken(fields: list[Field], path: str) -> str:
+    """A violation's path as the form shows it: ``pain_scores[1].score`` → ``Pain scores, row 2: Score``."""
+    words, here = [], fields
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        found = next((f for f in here if f.name == name), None)
+        if found is None:
+            return path
+        words.append(found.label + (f", row {int(index.rstrip(']')) + 1}" if index[:-1].isdigit() else ""))
+        here = found.children
+    return ": ".join(words)
+
+
 def input_id(path: str) -> str:
     """An HTML id for the input named ``path``: ``pain_scores[1].score`` → ``f-pain_scores-1-score``."""
     return "f-" + re.sub(r"[^A-Za-z0-9_]+", "-", path).strip("-")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, render_template, request
 
 from . import forms
 from .access import accepts_form_token, requires
+from .cases import case_iri
 from .errors import Conflict, ESIError, Violation
 from .ontology import local_name
 from .web import service, site
@@ -115,7 +117,9 @@ def clinician_assess() -> Response:
 def clinician_store() -> Response:
     case = forms.read(_form_fields(), request.form)
     stored = service().create(json.dumps(case).encode("utf-8"), "application/json", site())
-    return _clinician_page({**case, "id": stored.case_id}, answer=stored.answer, stored=stored.case_id, status=201)
+    explain = "/query?" + urlencode({"example": "case-explanations", "case": str(case_iri(stored.case_id, site()))})
+    return _clinician_page({**case, "id": stored.case_id}, answer=stored.answer, stored=stored.case_id,
+                           explain=explain, status=201)
 
 
 @clinician_bp.errorhandler(ESIError)
@@ -134,14 +138,14 @@ def page_error(exc: ESIError) -> Response:
 
 def _clinician_page(case: dict[str, Any], answer: dict[str, Any] | None = None, stored: str | None = None,
                     violations: list[Violation] | None = None, problem: dict[str, Any] | None = None,
-                    add: str | None = None, status: int = 200) -> Response:
+                    add: str | None = None, explain: str | None = None, status: int = 200) -> Response:
     fields = _form_fields()
     errors, elsewhere = forms.errors_by_input(fields, case, violations or [])
     rows = {f.name: _rows(case.get(f.name), add == f.name) for f in fields if f.kind == "rows"}
     return _render("clinician.html", status, fields=fields, values=case, rows=rows, errors=errors,
-                   elsewhere=elsewhere, problem=problem, answer=answer, stored=stored,
+                   elsewhere=elsewhere, problem=problem, answer=answer, stored=stored, explain=explain,
                    categories=_labels("response.category"), urgencies=_labels("pathways.urgency"),
-                   input_id=forms.input_id)
+                   input_id=forms.input_id, spoken=lambda path: forms.spoken(fields, path))
 
 
 def _rows(values: Any, add: bool) -> list[dict[str, Any]]:

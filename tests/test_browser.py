@@ -173,6 +173,11 @@ def test_a_stored_case_is_found_by_a_named_query_on_the_query_page(server: RealS
     sync_api.expect(page.locator(".stored")).to_contain_text("web-foot-drop")
     assert server.request("GET", "/cases/web-foot-drop", token=server.token).status == 200  # type: ignore[attr-defined]
 
+    page.click(".stored a")  # the stored case's explanations: a named query, loaded with the case's IRI
+    sync_api.expect(page.locator("#param-case")).to_have_value("https://w3id.org/esi-kg/case/north/web-foot-drop")
+    page.click("#query-form button[type=submit]")
+    sync_api.expect(page.locator("#results-table")).to_contain_text("esi:urgent-spine-surgeon-consultation")
+
     page.goto(f"{server.base_url}/query")
     assert page.locator(".cm-editor .cm-content").count() == 1  # the editor from npm, not the bare textarea
     page.select_option("#example", "cases-by-pathway")

@@ -38,6 +38,7 @@ document.addEventListener("DOMContentLoaded", function () {
       label.textContent = p.name + " (" + p.type + ")";
       const input = document.createElement("input");
       input.id = "param-" + p.name;
+      if (p.type === "code") input.setAttribute("list", "codes");
       input.dataset.param = p.name;
       input.value = p.example || "";
       input.required = !!p.required;
@@ -50,6 +51,36 @@ document.addEventListener("DOMContentLoaded", function () {
       params.append(div);
     }
   });
+
+  // Codes offered for code parameters: every code of the vocabulary (an open endpoint).
+  fetch("/vocabulary").then((r) => r.json()).then((vocabulary) => {
+    const list = document.createElement("datalist");
+    list.id = "codes";
+    const seen = new Set();
+    for (const groups of Object.values(vocabulary)) {
+      for (const entries of Object.values(groups)) {
+        for (const e of entries) {
+          if (seen.has(e.code)) continue;
+          seen.add(e.code);
+          const option = document.createElement("option");
+          option.value = e.code;
+          option.label = e.label;
+          list.append(option);
+        }
+      }
+    }
+    document.body.append(list);
+  });
+
+  // /query?example=case-explanations&case=… (linked from a stored case) loads that query with its values.
+  const asked = new URLSearchParams(location.search);
+  if (byName[asked.get("example")]) {
+    select.value = asked.get("example");
+    select.dispatchEvent(new Event("change"));
+    params.querySelectorAll("input[data-param]").forEach((i) => {
+      if (asked.has(i.dataset.param)) i.value = asked.get(i.dataset.param);
+    });
+  }
 
   function request(accept) {
     const q = selected();
