@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from . import access
+from . import access, cds
 from .access import note, requires
 from .config import Settings
 from .errors import ESIError, InternalError, InvalidCase, Violation, problem_json
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.register_blueprint(queries_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(clinician_bp)
+    cds.install(app, settings)
     app.register_error_handler(ESIError, _domain_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -70,6 +70,23 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--data-dir", type=Path)
     tl.set_defaults(run=cmd_token_list)
 
+    cc = sub.add_parser("cds-client", help="register, list and remove CDS Hooks clients (JWT issuers)")
+    csub = cc.add_subparsers(title="cds-client commands")
+    ca = csub.add_parser("add", help="register a client: its iss, its public JWK Set (a file) and its site")
+    ca.add_argument("iss", help="the issuer (iss) its JWTs carry")
+    ca.add_argument("--jwks", type=Path, required=True, help="a JSON file holding the client's public JWK Set")
+    ca.add_argument("--site", required=True, help="the site (tenant) its calls are answered for")
+    ca.add_argument("--jku", nargs="*", default=[], help="jku header values it may send (never fetched)")
+    ca.add_argument("--data-dir", type=Path)
+    ca.set_defaults(run=cmd_cds_client_add)
+    cr = csub.add_parser("remove", help="remove a client; its JWTs are refused from the next call on")
+    cr.add_argument("iss")
+    cr.add_argument("--data-dir", type=Path)
+    cr.set_defaults(run=cmd_cds_client_remove)
+    cl = csub.add_parser("list", help="list the registered clients")
+    cl.add_argument("--data-dir", type=Path)
+    cl.set_defaults(run=cmd_cds_client_list)
+
     c = sub.add_parser("check", help="check the ontology: quality shapes, OWL 2 RL profile, rules")
     c.add_argument("--ontology", type=Path, help="ontology file (default: the shipped one or ESI_ONTOLOGY_PATH)")
     c.set_defaults(run=cmd_check)
@@ -148,6 +165,41 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     for token in _tokens(args, settings).list():
         state = f"revoked {token.revoked}" if token.revoked else "live"
         print(f"{token.id}  site={token.site}  scopes={','.join(token.scopes)}  created={token.created}  {state}")
+    return 0
+
+
+def _cds_clients(args: argparse.Namespace, settings: Settings) -> Any:
+    from .cdsauth import CdsClients
+
+    if args.data_dir is not None:
+        settings = settings.with_(data_dir=args.data_dir)
+    return CdsClients(settings.cds_clients_path)
+
+
+def cmd_cds_client_add(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        jwks = json.loads(args.jwks.read_text(encoding="utf-8"))
+        client = _cds_clients(args, settings).add(args.iss, args.site, jwks, tuple(args.jku))
+    except (OSError, ValueError) as exc:
+        print(f"kgservice: {exc}", file=sys.stderr)
+        return 2
+    print(f"CDS client {client.iss} registered for site {client.site}, keys "
+          + ", ".join(k["kid"] for k in client.jwks["keys"]))
+    return 0
+
+
+def cmd_cds_client_remove(args: argparse.Namespace, settings: Settings) -> int:
+    if _cds_clients(args, settings).remove(args.iss):
+        print(f"CDS client {args.iss} removed")
+        return 0
+    print(f"kgservice: no CDS client {args.iss}", file=sys.stderr)
+    return 1
+
+
+def cmd_cds_client_list(args: argparse.Namespace, settings: Settings) -> int:
+    for client in _cds_clients(args, settings).list():
+        kids = ",".join(k["kid"] for k in client.jwks["keys"])
+        print(f"{client.iss}  site={client.site}  keys={kids}  jku={','.join(client.jku) or '-'}")
     return 0
 
 

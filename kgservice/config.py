@@ -56,6 +56,9 @@ class Settings:
     sparql_gsp_endpoint: str | None = None
     sparql_username: str | None = None
     sparql_password: str | None = None
+    public_url: str = ""
+    cds_max_token_s: int = 300
+    cds_replay_cache: int = 100_000
 
     @property
     def audit_path(self) -> Path:
@@ -69,6 +72,15 @@ class Settings:
     @property
     def tokens_path(self) -> Path:
         return self.data_dir / "tokens.json"
+
+    @property
+    def base_url(self) -> str:
+        """The service's own URL, as clients address it: ``ESI_PUBLIC_URL``, else host and port."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def cds_clients_path(self) -> Path:
+        return self.data_dir / "cds-clients.json"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

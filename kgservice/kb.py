@@ -18,7 +18,7 @@ from typing import Any
 import pyoxigraph as ox
 from rdflib import Graph, Literal, URIRef
 
-from . import cases
+from . import cases, fhir
 from .cases import CaseGraph
 from .config import Settings
 from .contract import Contract
@@ -179,6 +179,19 @@ class KnowledgeBase:
                  site: str = cases.DEFAULT_SITE) -> CaseGraph:
         return cases.from_rdf(body, media_type, self.contract, case_id=case_id, max_triples=self.max_case_triples,
                               site=site)
+
+    @cached_property
+    def fhir_codes(self) -> fhir.CodeMap:
+        """The contract codes FHIR codings stand for, read from the ontology and its SKOS matches."""
+        return fhir.CodeMap.from_kb(self)
+
+    def read_fhir(self, resources: Any, site: str = cases.DEFAULT_SITE,
+                  case_id: str | None = None) -> tuple[CaseGraph, fhir.Mapped]:
+        """FHIR resources (already validated) as a case; raises InvalidCase if it cannot be assessed."""
+        mapped = fhir.to_case(resources, self.fhir_codes)
+        if mapped.problems:
+            raise InvalidCase([Violation(p["location"], p["message"]) for p in mapped.problems])
+        return self.read_json(mapped.case, case_id=case_id, site=site), mapped
 
     def check(self, case: CaseGraph) -> list[Violation]:
         """Every violation of the contract; empty when the case is valid."""
