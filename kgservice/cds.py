@@ -12,6 +12,7 @@ The prefetch is validated as FHIR R4 (``422`` with what is wrong), mapped to a c
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -32,6 +33,7 @@ PREFETCH = {
     "observations": "Observation?patient={{context.patientId}}",
 }
 DEFAULT_SITE = "default"
+HOOK_INSTANCE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a UUID, leniently
 
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
 
@@ -102,8 +104,11 @@ def call() -> Response:
         return _cards([builder.unassessable_card(mapped.problems, mapped.report())])
     try:
         answer = service().pathway(json.dumps(mapped.case).encode("utf-8"), "application/json", g.cds_site)
-    except InvalidCase as exc:
-        return _cards([builder.unassessable_card([v.as_json() for v in exc.violations], mapped.report())])
+    except ESIError as exc:  # an invalid case comes back from a reasoning worker as its problem JSON
+        if exc.status != InvalidCase.status:
+            raise
+        problems = [{**v, "resource": mapped.resource_of(v["path"])} for v in exc.problem().get("violations", [])]
+        return _cards([builder.unassessable_card(problems, mapped.report())])
     g.cds_audit["case"] = answer.get("case")
     return _cards(builder.cards(answer, patient_id, mapped.report()))
 
@@ -127,11 +132,16 @@ def feedback() -> Response:
             raise MalformedInput(f"feedback[{i}]: an accepted outcome lists acceptedSuggestions, each with an id")
         reason: dict[str, Any] = item["overrideReason"] if isinstance(item.get("overrideReason"), dict) else {}
         coding: dict[str, Any] = reason["reason"] if isinstance(reason.get("reason"), dict) else {}
-        recorded.append({"card": item["card"][:64], "outcome": item["outcome"],
-                         "accepted": [a["id"][:64] for a in accepted] if item["outcome"] == "accepted" else [],
-                         "override_reason": coding.get("code"), "at": item["outcomeTimestamp"][:40]})
+        recorded.append({"card": _text(item["card"]), "outcome": item["outcome"],
+                         "accepted": [_text(a["id"]) for a in accepted] if item["outcome"] == "accepted" else [],
+                         "override_reason": _text(coding.get("code")), "at": _text(item["outcomeTimestamp"])})
     g.cds_audit = {"feedback": recorded}
     return Response(status=200)
+
+
+def _text(value: Any, limit: int = 64) -> str | None:
+    """A client's string as it goes into the audit log: ASCII (escapes kept), bounded."""
+    return value.encode("ascii", "backslashreplace").decode("ascii")[:limit] if isinstance(value, str) else None
 
 
 # -- reading the hook request ---------------------------------------------------------------
@@ -153,7 +163,7 @@ def _hook_request() -> dict[str, Any]:
     data = _json_object()
     if data.get("hook") != HOOK:
         raise MalformedInput(f"this service answers the {HOOK} hook, not {data.get('hook')!r}")
-    if not isinstance(data.get("hookInstance"), str) or not data["hookInstance"]:
+    if not isinstance(data.get("hookInstance"), str) or not HOOK_INSTANCE.fullmatch(data["hookInstance"]):
         raise MalformedInput("hookInstance (a UUID) is required")
     context = data.get("context")
     if not isinstance(context, dict) or not isinstance(context.get("patientId"), str) or not context["patientId"]:
@@ -183,4 +193,5 @@ def _prefetched(hook: dict[str, Any]) -> tuple[list[Any], str]:
 
 
 def _cards(cards: list[dict[str, Any]]) -> Response:
-    return Response(json.dumps({"cards": cards}, ensure_ascii=False), mimetype="application/json")
+    # ASCII-escaped: text from the EHR may hold lone surrogates, which UTF-8 cannot encode
+    return Response(json.dumps({"cards": cards}), mimetype="application/json")

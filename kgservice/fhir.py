@@ -152,18 +152,47 @@ class Mapped:
     unknown_codes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)  # what keeps the case from being assessed
+    sources: dict[str, str] = field(default_factory=dict)  # case JSON path → the resource it came from
 
     def report(self) -> dict[str, Any]:
         return {"unknown_codes": self.unknown_codes, "notes": self.notes}
+
+    def resource_of(self, path: str) -> str | None:
+        """The resource a case path (``pain_scores[1].score``) was read from, if known."""
+        while path:
+            if path in self.sources:
+                return self.sources[path]
+            path = path[: max(path.rfind("."), path.rfind("["), 0)]
+        return None
 
 
 # -- reading and validating ----------------------------------------------------------------
 
 
 def parse(data: Any, where: str = "$") -> list[Any]:
-    """Validate a resource, a Bundle or a list of either; the resources in it, as models."""
+    """Validate a resource, a Bundle or a list of either; the resources in it, as models.
+
+    A Bundle's entries are validated one by one, so that each problem is located in its entry.
+    """
     if isinstance(data, list):
         return [r for i, item in enumerate(data) for r in parse(item, f"{where}[{i}]")]
+    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+        return [_model(data, where)]
+    entries = data.get("entry", [])
+    if not isinstance(entries, list):
+        raise InvalidFHIR([{"location": f"{where}.entry", "message": "entry must be an array"}])
+    shell = _model({**data, "entry": [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+                                      for e in entries]}, where)
+    if shell.type not in ("searchset", "collection"):
+        raise InvalidFHIR([{"location": f"{where}.type", "message": "a Bundle must be a searchset or a collection"}])
+    out = []
+    for i, (entry, raw) in enumerate(zip(shell.entry or (), entries, strict=True)):
+        if "resource" in raw and not (entry.search and entry.search.mode == "outcome"):
+            out += parse(raw["resource"], f"{where}.entry[{i}].resource")
+    return out
+
+
+def _model(data: Any, where: str) -> Any:
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise InvalidFHIR([{"location": where, "message": "expected a FHIR resource (an object with resourceType)"}])
     kind = data["resourceType"]
@@ -173,16 +202,15 @@ def parse(data: Any, where: str = "$") -> list[Any]:
         raise InvalidFHIR([{"location": f"{where}.resourceType",
                             "message": f"{kind!r} is not a FHIR R4 resource type"}]) from None
     try:
-        resource: Any = model.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidFHIR([{"location": _location(where, err["loc"]), "message": err["msg"]}
                            for err in exc.errors()[:50]]) from None
-    if kind != "Bundle":
-        return [resource]
-    if resource.type not in ("searchset", "collection"):
-        raise InvalidFHIR([{"location": f"{where}.type", "message": "a Bundle must be a searchset or a collection"}])
-    return [entry.resource for entry in resource.entry or ()
-            if entry.resource is not None and not (entry.search and entry.search.mode == "outcome")]
+    except (TypeError, KeyError, ValueError):
+        # fhir.resources raises these, not a ValidationError, for some malformed nested resources
+        # (a contained resource without a valid resourceType); they are input errors all the same.
+        raise InvalidFHIR([{"location": where, "message": f"not a valid FHIR R4 {kind}: a nested resource or "
+                            "element has a missing or unknown type"}]) from None
 
 
 def read_body(body: bytes) -> list[Any]:
@@ -229,6 +257,7 @@ def to_case(resources: Iterable[Any], codes: CodeMap) -> Mapped:
     _scores(by_type.get("Observation", []), codes, out)
     _procedures(by_type.get("Procedure", []), injection, by_type.get("Observation", []), codes, out)
     if patient is not None:
+        out.sources.update({"sex": f"{_ref(patient)}.gender", "age": f"{_ref(patient)}.birthDate"})
         if patient.gender is not None:
             case["sex"] = patient.gender
         if injection is not None:
@@ -281,9 +310,10 @@ def _date_of(value: Any) -> dt.date | None:
     return _date_of(start) if start is not None else None
 
 
-def _add(case: dict[str, Any], name: str, code: str) -> None:
-    values = case.setdefault(name, [])
+def _add(out: Mapped, resource: Any, name: str, code: str) -> None:
+    values = out.case.setdefault(name, [])
     if code not in values:
+        out.sources[f"{name}[{len(values)}]"] = _ref(resource)
         values.append(code)
 
 
@@ -301,7 +331,7 @@ def _add_finding(r: Any, codes: CodeMap, out: Mapped) -> None:
     if found is None:
         _unknown(out, r, "code", r.code, "diagnosis, finding, red flag or pain region")
     else:
-        _add(out.case, *found)
+        _add(out, r, *found)
 
 
 def _injection(procedures: list[Any], codes: CodeMap, out: Mapped) -> Any:
@@ -336,6 +366,7 @@ def _injection(procedures: list[Any], codes: CodeMap, out: Mapped) -> Any:
         else:
             _unknown(out, p, "bodySite", site, "spinal region")
     out.case["injection"] = injection
+    out.sources["injection"] = _ref(p)
     if p.id:
         out.case["id"] = p.id
     return p
@@ -353,14 +384,16 @@ def _scores(observations: list[Any], codes: CodeMap, out: Mapped) -> None:
             continue
         if isinstance(value, Decimal):
             value = int(value) if value == value.to_integral_value() else float(value)
-        scores.append({"date": day.isoformat(), "score": value})
+        scores.append(({"date": day.isoformat(), "score": value}, _ref(r)))
         for site in r.bodySite and [r.bodySite] or ():
             match = codes.match(site.coding or (), ("pain_regions",))
             if match:
-                _add(out.case, "pain_regions", match[1])
+                _add(out, r, "pain_regions", match[1])
             else:
                 _unknown(out, r, "bodySite", site, "pain region")
-    out.case["pain_scores"] = sorted(scores, key=lambda s: s["date"])
+    scores.sort(key=lambda s: s[0]["date"])
+    out.case["pain_scores"] = [score for score, _ in scores]
+    out.sources.update({f"pain_scores[{i}]": ref for i, (_, ref) in enumerate(scores)})
 
 
 def _procedures(procedures: list[Any], injection: Any, observations: list[Any], codes: CodeMap,
@@ -383,7 +416,7 @@ def _procedures(procedures: list[Any], injection: Any, observations: list[Any], 
         if found is None:
             _unknown(out, p, "code", p.code, "treatment")
         else:
-            _add(out.case, *found)
+            _add(out, p, *found)
     for ref, r in relief.items():
         out.problems.append({"location": _ref(r), "message": f"block result is partOf {ref}, which is not in the data"})
 
@@ -402,8 +435,10 @@ def _block(p: Any, day: dt.date | None, result: Any, codes: CodeMap, out: Mapped
         return
     if isinstance(value, Decimal):
         value = int(value) if value == value.to_integral_value() else float(value)
-    out.case.setdefault("diagnostic_blocks", []).append(
-        {"target": target, "date": day.isoformat(), "relief_percent": value})
+    blocks = out.case.setdefault("diagnostic_blocks", [])
+    out.sources[f"diagnostic_blocks[{len(blocks)}]"] = _ref(p)
+    out.sources[f"diagnostic_blocks[{len(blocks)}].relief_percent"] = _ref(result)
+    blocks.append({"target": target, "date": day.isoformat(), "relief_percent": value})
 
 
 def entries(resources: Iterable[Any]) -> Iterator[dict[str, Any]]:

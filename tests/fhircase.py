@@ -50,7 +50,8 @@ def prefetch(case: dict[str, Any], graph: Graph, external: bool = True) -> dict[
     pid = f"pat-{case['id']}"
     subject = {"reference": f"Patient/{pid}"}
     injected = dt.date.fromisoformat(case["injection"]["date"])
-    patient = {"resourceType": "Patient", "id": pid, "birthDate": dt.date(injected.year - case["age"], 1, 1).isoformat()}
+    born = dt.date(injected.year - case["age"], 1, 1)  # a birthday already passed in the injection's year
+    patient = {"resourceType": "Patient", "id": pid, "birthDate": born.isoformat()}
     if "sex" in case:
         patient["gender"] = case["sex"]
     conditions = [{"resourceType": "Condition", "id": f"c{i}", "subject": subject,

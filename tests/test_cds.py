@@ -9,7 +9,9 @@ answer ``POST /pathway`` gives for the same case in the contract's JSON.
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 import subprocess
 import sys
 import time
@@ -195,6 +197,9 @@ def test_invalid_fhir_is_422_with_where(client: CdsClient, ontology: Graph) -> N
     sent = hook(VIGNETTES[0], ontology)
     sent["prefetch"]["conditions"]["entry"][0]["resource"]["subject"] = {"reference": "Patient/someone-else"}
     assert client.call("POST", SERVICE, sent).status == 422
+    sent = hook(VIGNETTES[0], ontology)
+    sent["prefetch"]["patient"]["contained"] = [{"resourceType": "NoSuchType"}]  # fhir.resources raises KeyError
+    assert client.call("POST", SERVICE, sent).status == 422
     not_json = http_request(client.base_url, "POST", SERVICE, b"{", token=client.token(SERVICE),
                             headers={"Content-Type": "application/json"})
     assert not_json.status == 400
@@ -237,7 +242,7 @@ def test_jwt_failures_are_each_refused(client: CdsClient, server: RealServer, on
                                 "iat": int(time.time()), "jti": str(uuid.uuid4())}, None, algorithm="none",
                                headers={"kid": client.kid}),
         "HMAC": jwt.encode({"iss": ISS, "aud": server.base_url + SERVICE, "exp": int(time.time()) + 60,
-                            "iat": int(time.time()), "jti": str(uuid.uuid4())}, "a shared secret, at least 32 bytes long",
+                            "iat": int(time.time()), "jti": str(uuid.uuid4())}, "a shared secret of 32 bytes or more",
                            algorithm="HS256", headers={"kid": client.kid}),
         "no jti": client.token(SERVICE, jti=None),
         "unregistered jku": jwt.encode({"iss": ISS, "aud": server.base_url + SERVICE, "exp": int(time.time()) + 60,
@@ -261,3 +266,63 @@ def test_a_removed_client_is_refused_at_once(server: RealServer, ontology: Graph
                            str(server.data_dir)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert other.call("GET", "/cds-services").status == 401
+
+
+def test_a_contract_violation_in_fhir_names_its_resource(client: CdsClient, ontology: Graph, token: str) -> None:
+    sent = hook(VIGNETTES[0], ontology)
+    scores = [e["resource"] for e in sent["prefetch"]["observations"]["entry"] if e["resource"]["id"] == "s1"]
+    scores[0]["valueInteger"] = 11  # valid FHIR, but not a 0-10 rating
+    (card,) = client.call("POST", SERVICE, sent).json()["cards"]
+    assert "cannot assess" in card["summary"] and "Observation/s1" in card["detail"]
+    body = bundle({k: sent["prefetch"][k] for k in ("patient", "conditions", "procedures", "observations")})
+    reply = http_request(client.base_url, "POST", "/pathway", json.dumps(body).encode(), token=token,
+                         headers={"Content-Type": FHIR_JSON})
+    assert reply.status == 422
+    assert reply.json()["fhir"]["violations_at"] == {"pain_scores[1].score": "Observation/s1"}
+
+
+MUTANTS = [None, 0, -1, 1.5, "", "x", "2026-13-40", "2026", [], {}, [1], {"a": 1}, True, "Patient/other", 10**30,
+           "\ud800", {"resourceType": None}, {"resourceType": "NoSuchType"}]
+
+
+def mutated(value: Any, rng: random.Random) -> Any:
+    """``value`` with one to three elements replaced by wrong values or removed."""
+    value = copy.deepcopy(value)
+    for _ in range(rng.randint(1, 3)):
+        parent = value
+        while isinstance(parent, dict | list) and parent:
+            key = rng.choice(list(parent) if isinstance(parent, dict) else range(len(parent)))
+            child = parent[key]
+            if isinstance(child, dict | list) and child and rng.random() < 0.7:
+                parent = child
+                continue
+            if isinstance(parent, dict) and rng.random() < 0.3:
+                del parent[key]
+            else:
+                parent[key] = copy.deepcopy(rng.choice(MUTANTS))
+            break
+    return value
+
+
+def test_broken_fhir_is_never_a_500(client: CdsClient, ontology: Graph, token: str) -> None:
+    rng = random.Random(12)
+    sent = [hook(path, ontology) for path in VIGNETTES]
+    statuses = []
+    for _ in range(150):
+        request = mutated(rng.choice(sent), rng)
+        body = json.dumps(request).encode("utf-8", "surrogatepass")
+        if rng.random() < 0.5:
+            reply = http_request(client.base_url, "POST", SERVICE, body, token=client.token(SERVICE),
+                                 headers={"Content-Type": "application/json"})
+        else:
+            prefetched = request.get("prefetch") if isinstance(request.get("prefetch"), dict) else {}
+            as_bundle = mutated(bundle(sent[0]["prefetch"]), rng) if len(prefetched) < 4 else {
+                "resourceType": "Bundle", "type": "collection",
+                "entry": [{"resource": v} for v in prefetched.values()]}
+            reply = http_request(client.base_url, "POST", "/pathway", json.dumps(as_bundle).encode(), token=token,
+                                 headers={"Content-Type": FHIR_JSON})
+        assert reply.status < 500, reply.body
+        if reply.status >= 400:
+            assert reply.header("Content-Type") == "application/problem+json"
+        statuses.append(reply.status)
+    assert {200, 422} <= set(statuses)  # the mutants reach both the answers and the validation

@@ -1,0 +1,117 @@
+"""The CDS Hooks call over HTTP, beside ``POST /pathway``, against the real server with auth on.
+
+Each generated case is sent three ways, one request at a time on one keep-alive connection:
+``POST /pathway`` with the contract's JSON (a bearer token), ``POST /pathway`` with the same
+case as a FHIR collection Bundle, and the ``patient-view`` call of ``esi-failure-pathway``
+with a realistic prefetch: the case's resources (``tests/fhircase.py``) plus what a chart also
+holds and the templates fetch too, 20 vital-sign Observations and 5 other Conditions with
+codes ESI-KG does not know (reported on the card). Every CDS call carries a fresh ES384 JWT,
+signed before the clock starts; its verification and the replay check are in the figure.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+from common import summary_ms, table
+from cryptography.hazmat.primitives.asymmetric import ec
+from ingest import generator, kb, root
+from loadgen import Server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fhircase import bundle, hook_request, prefetch  # noqa: E402
+
+ISS = "https://ehr.bench.example/"
+SERVICE = "/cds-services/esi-failure-pathway"
+
+
+def _chart_noise(patient: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    subject = {"reference": f"Patient/{patient}"}
+    vitals = [{"resourceType": "Observation", "id": f"v{i}", "status": "final", "subject": subject,
+               "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+               "effectiveDateTime": f"2026-05-{1 + i:02d}", "valueQuantity": {"value": 60 + i, "unit": "/min"}}
+              for i in range(20)]
+    other = [{"resourceType": "Condition", "id": f"o{i}", "subject": subject,
+              "code": {"coding": [{"system": "http://snomed.info/sct", "code": str(38341003 + i),
+                                   "display": "another condition"}]}} for i in range(5)]
+    return vitals, other
+
+
+def _cases(n: int) -> list[dict[str, Any]]:
+    graph = kb().ontology.graph
+    out = []
+    for case in generator(seed=31).cases(n, prefix="cds"):
+        data = prefetch(case, graph)
+        vitals, other = _chart_noise(f"pat-{case['id']}")
+        data["observations"]["entry"] += [{"resource": r, "search": {"mode": "match"}} for r in vitals]
+        data["conditions"]["entry"] += [{"resource": r, "search": {"mode": "match"}} for r in other]
+        out.append({"case": case, "prefetch": data})
+    return out
+
+
+def _setup(data_dir: Path, key: ec.EllipticCurvePrivateKey) -> str:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    jwks = data_dir.parent / "jwks.json"
+    public = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwks.write_text(json.dumps({"keys": [{**public, "kid": "bench", "alg": "ES384"}]}))
+    cli = [sys.executable, "-m", "kgservice.cli"]
+    subprocess.run([*cli, "cds-client", "add", ISS, "--jwks", str(jwks), "--site", "bench", "--data-dir",
+                    str(data_dir)], check=True, capture_output=True, timeout=60)
+    done = subprocess.run([*cli, "token", "create", "--site", "bench", "--scope", "pathway:run", "--data-dir",
+                           str(data_dir)], check=True, capture_output=True, text=True, timeout=60)
+    return done.stdout.strip()
+
+
+def _time(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> float:
+    start = time.perf_counter()
+    conn.request("POST", path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    elapsed = time.perf_counter() - start
+    if response.status != 200:
+        raise RuntimeError(f"POST {path}: {response.status} {data[:300]!r}")
+    return elapsed
+
+
+def run(quick: bool) -> str:
+    n, warm = (60, 10) if quick else (400, 30)
+    work = Path(tempfile.mkdtemp(prefix="esi-cds-", dir=root()))
+    key = ec.generate_private_key(ec.SECP384R1())
+    token = _setup(work / "data", key)
+    items = _cases(n + warm)
+    samples: dict[str, list[float]] = {"json": [], "fhir": [], "cds": []}
+    with Server(work / "data", env={"ESI_AUTH_REQUIRED": "true"}) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        aud = f"http://127.0.0.1:{server.port}{SERVICE}"
+        for i, item in enumerate(items):
+            case, data = item["case"], item["prefetch"]
+            now = int(time.time())
+            signed = jwt.encode({"iss": ISS, "aud": aud, "exp": now + 60, "iat": now, "jti": str(uuid.uuid4())},
+                                key, algorithm="ES384", headers={"kid": "bench", "typ": "JWT"})
+            calls = {
+                "json": ("/pathway", json.dumps(case).encode(), "application/json", token),
+                "fhir": ("/pathway", json.dumps(bundle(data)).encode(), "application/fhir+json", token),
+                "cds": (SERVICE, json.dumps(hook_request(data, f"pat-{case['id']}", str(uuid.uuid4()))).encode(),
+                        "application/json", signed),
+            }
+            for name, (path, body, media, bearer) in calls.items():
+                elapsed = _time(conn, path, body, {"Content-Type": media, "Authorization": f"Bearer {bearer}"})
+                if i >= warm:
+                    samples[name].append(elapsed)
+        conn.close()
+    size = sum(len(json.dumps(item["prefetch"])) for item in items) / len(items) / 1024
+    labels = {"json": "POST /pathway, contract JSON", "fhir": "POST /pathway, FHIR Bundle (application/fhir+json)",
+              "cds": f"CDS Hooks patient-view call, prefetch of {size:.1f} KiB with a JWT"}
+    rows = [[labels[k], s["n"], s["p50"], s["p95"], s["p99"]] for k, s in
+            ((k, summary_ms(v)) for k, v in samples.items())]
+    return table("CDS Hooks call beside POST /pathway over HTTP (1 client, sequential, auth on)",
+                 ["request", "n", "p50 ms", "p95 ms", "p99 ms"], rows)
