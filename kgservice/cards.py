@@ -131,7 +131,7 @@ class CardBuilder:
         """A card saying why the record cannot be assessed yet (what is missing or out of range)."""
         first = problems[0]["message"] if problems else "the record is incomplete"
         lines = ["ESI-KG needs these before it can assess the injection:", ""]
-        lines += [f"- {md(p.get('resource') or p.get('location') or p.get('path') or 'the record')}: "
+        lines += [f"- {md(p.get('source') or p.get('location') or p.get('path') or 'the record')}: "
                   f"{md(p['message'])}" for p in problems]
         lines += self._unknown_lines(fhir_report)
         return {

@@ -48,6 +48,14 @@ class CaseGraph:
     value_paths: dict[Triple, str] = field(default_factory=dict)
     json_values: dict[str, Any] = field(default_factory=dict)
     problems: list[Violation] = field(default_factory=list)
+    #: For a case read from another format (FHIR): JSON path → where its value came from,
+    #: and what the reader adds to the answer (the codes it could not use).
+    origins: dict[str, str] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def origin_of(self, path: str) -> str | None:
+        """Where the value at a JSON path (``pain_scores[1].score``) came from, if it was read from elsewhere."""
+        return origin(self.origins, path)
 
     # The case is read once and then only looked at: validation, reasoning, the answer and
     # the store each take its triples, and walking an rdflib graph costs ~2 µs a triple.
@@ -83,6 +91,19 @@ class CaseGraph:
 
 DEFAULT_SITE = "default"
 SITE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+
+
+def origin(origins: dict[str, str], path: str) -> str | None:
+    """The origin recorded for ``path`` or the nearest path above it.
+
+    >>> origin({"pain_scores[1]": "Observation/s1"}, "pain_scores[1].score")
+    'Observation/s1'
+    """
+    while path:
+        if path in origins:
+            return origins[path]
+        path = path[: max(path.rfind("."), path.rfind("["), 0)]
+    return None
 
 
 def case_iri(case_id: str, site: str = DEFAULT_SITE) -> URIRef:

@@ -107,7 +107,7 @@ def call() -> Response:
     except ESIError as exc:  # an invalid case comes back from a reasoning worker as its problem JSON
         if exc.status != InvalidCase.status:
             raise
-        problems = [{**v, "resource": mapped.resource_of(v["path"])} for v in exc.problem().get("violations", [])]
+        problems = [{**v, "source": mapped.resource_of(v["path"])} for v in exc.problem().get("violations", [])]
         return _cards([builder.unassessable_card(problems, mapped.report())])
     g.cds_audit["case"] = answer.get("case")
     return _cards(builder.cards(answer, patient_id, mapped.report()))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .auth import SCOPES, TokenStore
+from .cdsauth import CdsClients
 from .config import ENGINES, Settings
 from .errors import MalformedInput, Problem
 
@@ -168,9 +169,7 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cds_clients(args: argparse.Namespace, settings: Settings) -> Any:
-    from .cdsauth import CdsClients
-
+def _cds_clients(args: argparse.Namespace, settings: Settings) -> CdsClients:
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
     return CdsClients(settings.cds_clients_path)

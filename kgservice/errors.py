@@ -14,6 +14,7 @@ class Violation:
     message: str
     shape: str | None = None
     value: Any = None
+    source: str | None = None  # where in input of another format the value came from (a FHIR resource)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "message": self.message}
@@ -21,6 +22,8 @@ class Violation:
             out["shape"] = self.shape
         if self.value is not None:
             out["value"] = self.value
+        if self.source:
+            out["source"] = self.source
         return out
 
 

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from rdflib import URIRef
 from rdflib.namespace import SKOS
 
+from .cases import origin
 from .errors import ESIError, MalformedInput
 from .ontology import ESI
 
@@ -159,11 +160,7 @@ class Mapped:
 
     def resource_of(self, path: str) -> str | None:
         """The resource a case path (``pain_scores[1].score``) was read from, if known."""
-        while path:
-            if path in self.sources:
-                return self.sources[path]
-            path = path[: max(path.rfind("."), path.rfind("["), 0)]
-        return None
+        return origin(self.sources, path)
 
 
 # -- reading and validating ----------------------------------------------------------------
@@ -213,11 +210,8 @@ def _model(data: Any, where: str) -> Any:
                             "element has a missing or unknown type"}]) from None
 
 
-def read_body(body: bytes) -> list[Any]:
-    """An ``application/fhir+json`` body: a Bundle (searchset or collection) of the patient's resources."""
-    from .cases import load_json
-
-    data = load_json(body)
+def read_bundle(data: Any) -> list[Any]:
+    """A decoded ``application/fhir+json`` body: a Bundle (searchset or collection) of the patient's resources."""
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         raise MalformedInput("send a FHIR Bundle (searchset or collection) as application/fhir+json")
     return parse(data)

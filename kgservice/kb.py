@@ -59,7 +59,17 @@ def _rdf_reader(media_type: str) -> Reader:
 READERS: dict[str, Reader] = {
     JSON: Reader(cases.load_json, lambda kb, data, case_id, site: kb.read_json(data, case_id, site)),
     **{media_type: _rdf_reader(media_type) for media_type in RDF_FORMATS},
+    fhir.FHIR_JSON: Reader(cases.load_json, lambda kb, data, case_id, site: kb.read_fhir(data, case_id, site)),
 }
+
+
+def _invalid(case: CaseGraph, violations: list[Violation]) -> InvalidCase:
+    """The case's violations, each traced to its origin when the case came from another format."""
+    for v in violations:
+        v.source = case.origin_of(v.path)
+    invalid = InvalidCase(violations)
+    invalid.extra.update(case.report)
+    return invalid
 
 
 @dataclass
@@ -150,7 +160,7 @@ class KnowledgeBase:
         """Check the read cases of one batch in one SHACL run, then reason over the valid ones together."""
         cases_read = [c for c in read if isinstance(c, CaseGraph)]
         violations = dict(zip(map(id, cases_read), self.check_many(cases_read), strict=True))
-        checked = [Problem.of(InvalidCase(violations[id(c)]), c.id) if isinstance(c, CaseGraph) and violations[id(c)]
+        checked = [Problem.of(_invalid(c, violations[id(c)]), c.id) if isinstance(c, CaseGraph) and violations[id(c)]
                    else c for c in read]
         reasoned = iter(self.reason_valid([c for c in checked if isinstance(c, CaseGraph)], answers))
         out: list[Outcome | Problem] = []
@@ -159,7 +169,8 @@ class KnowledgeBase:
                 out.append(item)
                 continue
             done = next(reasoned)
-            out.append(Outcome(item.id, done.answer, list(item.ox_triples) if graphs else [],
+            out.append(Outcome(item.id, {**done.answer, **item.report} if answers else done.answer,
+                               list(item.ox_triples) if graphs else [],
                                [triple_to_ox(t) for t in done.inferred] if graphs else []))
         return out
 
@@ -185,13 +196,20 @@ class KnowledgeBase:
         """The contract codes FHIR codings stand for, read from the ontology and its SKOS matches."""
         return fhir.CodeMap.from_kb(self)
 
-    def read_fhir(self, resources: Any, site: str = cases.DEFAULT_SITE,
-                  case_id: str | None = None) -> tuple[CaseGraph, fhir.Mapped]:
-        """FHIR resources (already validated) as a case; raises InvalidCase if it cannot be assessed."""
-        mapped = fhir.to_case(resources, self.fhir_codes)
+    def read_fhir(self, bundle: Any, case_id: str | None = None, site: str = cases.DEFAULT_SITE) -> CaseGraph:
+        """A FHIR Bundle (decoded JSON) as a case, each value traced to its resource.
+
+        Raises InvalidFHIR for invalid FHIR, InvalidCase when the record lacks what a case needs.
+        """
+        mapped = fhir.to_case(fhir.read_bundle(bundle), self.fhir_codes)
+        report = {"fhir": mapped.report()}
         if mapped.problems:
-            raise InvalidCase([Violation(p["location"], p["message"]) for p in mapped.problems])
-        return self.read_json(mapped.case, case_id=case_id, site=site), mapped
+            invalid = InvalidCase([Violation(p["location"], p["message"]) for p in mapped.problems])
+            invalid.extra.update(report)
+            raise invalid
+        case = cases.from_json(mapped.case, case_id=case_id, site=site)
+        case.origins, case.report = mapped.sources, report
+        return case
 
     def check(self, case: CaseGraph) -> list[Violation]:
         """Every violation of the contract; empty when the case is valid."""

@@ -278,7 +278,8 @@ def test_a_contract_violation_in_fhir_names_its_resource(client: CdsClient, onto
     reply = http_request(client.base_url, "POST", "/pathway", json.dumps(body).encode(), token=token,
                          headers={"Content-Type": FHIR_JSON})
     assert reply.status == 422
-    assert reply.json()["fhir"]["violations_at"] == {"pain_scores[1].score": "Observation/s1"}
+    (violation,) = reply.json()["violations"]
+    assert (violation["path"], violation["source"]) == ("pain_scores[1].score", "Observation/s1")
 
 
 MUTANTS = [None, 0, -1, 1.5, "", "x", "2026-13-40", "2026", [], {}, [1], {"a": 1}, True, "Patient/other", 10**30,
