@@ -327,3 +327,15 @@ def test_broken_fhir_is_never_a_500(client: CdsClient, ontology: Graph, token: s
             assert reply.header("Content-Type") == "application/problem+json"
         statuses.append(reply.status)
     assert {200, 422} <= set(statuses)  # the mutants reach both the answers and the validation
+
+
+def test_the_readme_examples_answer(client: CdsClient, token: str) -> None:
+    sent = json.loads((ROOT / "examples" / "cds-hook-red-flag-foot-drop.json").read_text())
+    cards = client.call("POST", SERVICE, sent).json()["cards"]
+    assert [c["indicator"] for c in cards] == ["critical", "warning"]
+    body = (ROOT / "examples" / "fhir-red-flag-foot-drop.json").read_bytes()
+    answer = http_request(client.base_url, "POST", "/pathway", body, token=token,
+                          headers={"Content-Type": FHIR_JSON}).json()
+    expected = json.loads((ROOT / "examples" / "red-flag-foot-drop.json").read_text())
+    direct = http_request(client.base_url, "POST", "/pathway", expected, token=token).json()
+    assert answer["pathways"] == direct["pathways"] and answer["fhir"]["unknown_codes"] == []
