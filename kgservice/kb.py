@@ -207,7 +207,7 @@ class KnowledgeBase:
             invalid = InvalidCase([Violation(p["location"], p["message"]) for p in mapped.problems])
             invalid.extra.update(report)
             raise invalid
-        case = cases.from_json(mapped.case, case_id=case_id, site=site)
+        case = self.read_json(mapped.case, case_id=case_id, site=site)
         case.origins, case.report = mapped.sources, report
         return case
 
