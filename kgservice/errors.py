@@ -155,6 +155,14 @@ class QueryError(ESIError):
     title = "Bad query"
 
 
+class NetworkRefused(ESIError):
+    """Work done for a request tried to open a network connection, and the sandbox refused it."""
+
+    status = 403
+    type_slug = "network-refused"
+    title = "Nothing goes out"
+
+
 class OntologyError(ESIError):
     """The ontology or shapes files are broken; raised at load, never per request."""
 

@@ -12,6 +12,7 @@ keeps the HTTP traffic and the store, the workers the CPU-bound pipeline.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -20,6 +21,7 @@ import select
 import signal
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -27,11 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyoxigraph as ox
 
+from . import sandbox
 from .config import Settings
-from .errors import ESIError, InternalError, Problem
+from .errors import ESIError, InternalError, NetworkRefused, Problem
 
 if TYPE_CHECKING:
     from .kb import Outcome
+
+log = logging.getLogger(__name__)
 
 
 class TimeLimit(ESIError):
@@ -40,9 +45,56 @@ class TimeLimit(ESIError):
     title = "Time limit reached"
 
 
-def _failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
-    """What a child or worker sends back for an error: its problem JSON (never the exception)."""
-    return ("problem", (exc if isinstance(exc, ESIError) else InternalError()).problem())
+class ProcessCrashed(ESIError):
+    """The child or worker died while working on the request (a crash in native code)."""
+
+    status = 422
+    type_slug = "process-crashed"
+    title = "The request stopped its process"
+
+
+class NotIsolated(ESIError):
+    """The network sandbox could not be set up, so the work was not done (fail closed)."""
+
+    status = 503
+    type_slug = "not-isolated"
+    title = "Not isolated"
+
+
+def _failure(exc: BaseException) -> tuple[str, dict[str, Any], str]:
+    """What a child or worker sends back for an error: its problem JSON (never the exception),
+    and the traceback the parent should log (a refused connection, or anything unexpected)."""
+    trace = "".join(traceback.format_exception(exc))
+    if isinstance(exc, PermissionError):  # the sandbox (or the audit hook) refused a connection
+        return ("failed", NetworkRefused("the request tried to reach the network, which this service never does; "
+                                         "it was refused and logged").problem(), trace)
+    if isinstance(exc, ESIError):
+        return ("failed", exc.problem(), trace if exc.status >= 500 else "")
+    return ("failed", InternalError().problem(), trace)
+
+
+def _remote(failure: tuple[str, dict[str, Any], str], where: str) -> Problem:
+    """The problem sent back by a child or worker; its traceback, if any, goes to the log here."""
+    _, body, trace = failure
+    if trace:
+        log.log(logging.ERROR if body.get("status", 500) >= 500 else logging.WARNING, "%s answered %s (%s):\n%s",
+                where, body.get("status"), body.get("title"), trace)
+    return Problem(body)
+
+
+def _enter_sandbox(what: str) -> None:
+    """The kernel's network sandbox for this process, or :class:`NotIsolated` (nothing is run)."""
+    try:
+        sandbox.enter(what)
+    except sandbox.SandboxUnavailable as exc:
+        raise NotIsolated(f"{what} could not be cut off from the network, so it did not run ({exc})") from exc
+
+
+def _death(exitcode: int | None) -> str:
+    """How a process ended, in words: 'killed by SIGSEGV', 'exited with 1'."""
+    if exitcode is None:
+        return "still running"
+    return f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exited with {exitcode}"
 
 
 # -- queries: fork, read, exit -----------------------------------------------------------------
@@ -93,6 +145,7 @@ def _run_child(fn: Callable[[Callable[[], None]], Any], deadline: float, timeout
                 os.write(write_end, _STARTED)
 
             try:
+                _enter_sandbox("the query process")  # before the child touches the query
                 payload = pickle.dumps(("ok", fn(started)), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
                 payload = pickle.dumps(_failure(exc))
@@ -127,16 +180,17 @@ def _run_child(fn: Callable[[Callable[[], None]], Any], deadline: float, timeout
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        os.waitpid(pid, 0)
+        exitcode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     data = b"".join(chunks)
     while data.startswith(_STARTED):  # the marker of a child that failed before starting
         data = data[1:]
-    if not data:
-        raise Problem(InternalError().problem())
+    if not data:  # it died before it could answer: the exit status is all there is to say
+        log.error("a query process died without an answer (%s)", _death(exitcode))
+        raise ProcessCrashed(f"the query stopped the process that ran it ({_death(exitcode)}); it was logged")
     result = pickle.loads(data)
     if result[0] == "ok":
         return result[1]
-    raise Problem(result[1])
+    raise _remote(result, "a query process")
 
 
 # -- reasoning: a pool of worker processes -------------------------------------------------------
@@ -144,6 +198,11 @@ def _run_child(fn: Callable[[Callable[[], None]], Any], deadline: float, timeout
 
 def _worker_main(settings: Settings, conn: Connection, guard: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    try:
+        sandbox.enter("a reasoning worker")  # the kernel's guard: for native code too
+    except sandbox.SandboxUnavailable as exc:
+        conn.send(("refused", str(exc)))
+        return
     if guard:
         from .guard import install_network_guard
 
@@ -182,7 +241,10 @@ class _Worker:
         if not self.ready:
             if not self.conn.poll(timeout):
                 raise RuntimeError("a reasoning worker did not start")
-            self.conn.recv()
+            message = self.conn.recv()
+            if message[0] != "ready":
+                log.error("a reasoning worker refused to start: %s", message[1])
+                raise RuntimeError(f"a reasoning worker refused to start: {message[1]}")
             self.ready = True
 
     def kill(self) -> None:
@@ -229,7 +291,10 @@ class ReasoningPool:
             reply = worker.conn.recv()
         except (EOFError, OSError, BrokenPipeError):
             replacement = worker
-            raise TimeLimit("a reasoning worker stopped; try again") from None
+            worker.process.join(1)
+            death = _death(worker.process.exitcode)
+            log.error("a reasoning worker died while reasoning a case (%s)", death)
+            raise ProcessCrashed(f"reasoning this case stopped its worker process ({death}); it was logged") from None
         finally:
             if replacement is not None:
                 worker.kill()
@@ -237,6 +302,8 @@ class ReasoningPool:
                 worker = _Worker(self._ctx, self.settings, self.guard)
                 self._all.append(worker)
             self._idle.put(worker)
+        if reply[0] == "failed":
+            return _remote(reply, "a reasoning worker")
         if reply[0] != "ok":
             return Problem(*reply[1:])
         _, case_id_out, answer, asserted, inferred = reply

@@ -9,6 +9,7 @@ development server and debugger are never used.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -47,6 +48,7 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
         from .guard import install_network_guard
         from .service import Service
 
+        _log_to_gunicorn()
         settings = self.settings
         allow = []
         if settings.store == "sparql":  # the server itself sends the queries to the remote store
@@ -57,6 +59,15 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
         if settings.reasoning_workers is None:
             settings = settings.with_(reasoning_workers=os.cpu_count() or 2)
         return create_app(settings, service=Service(settings, guard=True))
+
+
+def _log_to_gunicorn() -> None:
+    """The service's own log lines (every 5xx with its traceback) go to gunicorn's error log."""
+    errors = logging.getLogger("gunicorn.error")
+    ours = logging.getLogger("kgservice")
+    ours.handlers = list(errors.handlers)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
 
 def serve(settings: Settings) -> None:
