@@ -92,10 +92,13 @@ def _bounded_stream() -> None:
 
 
 def problem_response(body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False, default=str), status=body["status"], mimetype=PROBLEM)
+    """ASCII JSON: whatever a client sent (a lone surrogate too) can be quoted back in it."""
+    return Response(json.dumps(body, ensure_ascii=True, default=str), status=body["status"], mimetype=PROBLEM)
 
 
 def _domain_error(exc: ESIError) -> Response:
+    if exc.status >= 500:  # the service's fault, not the client's: the log must say what happened
+        log.error("%s %s answered %d: %s", request.method, request.path, exc.status, exc, exc_info=exc)
     response = problem_response(exc.problem())
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="esi-kg"'
@@ -103,6 +106,9 @@ def _domain_error(exc: ESIError) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
+    if (exc.code or 500) >= 500:
+        log.error("%s %s answered %s", request.method, request.path, exc.code,
+                  exc_info=getattr(exc, "original_exception", None) or exc)
     title = exc.name
     response = problem_response(problem_json(exc.code or 500, title.lower().replace(" ", "-"), title,
                                              exc.description or ""))

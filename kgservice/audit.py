@@ -24,7 +24,9 @@ class AuditLog:
 
     def record(self, **fields: Any) -> None:
         entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **fields}
-        line = (json.dumps(entry, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+        # ASCII: a U+2028, U+0085 or lone surrogate in a client's value is written as an escape,
+        # so every reader (``splitlines`` too) sees one record per line, and the line is valid UTF-8.
+        line = (json.dumps(entry, ensure_ascii=True, sort_keys=False) + "\n").encode("ascii")
         with self._lock:
             os.write(self._fd, line)  # one write(2) with O_APPEND: lines never interleave
             if self.fsync:

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -29,7 +30,10 @@ from .ontology import CASE_BASE, ESI, local_name
 from .terms import from_ox, triple_to_ox
 
 # \Z, not $: "$" also matches before a final newline, and "p01\n" is no id (nor a code, nor a site).
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+# An id is a path segment of /cases/{id}: "." and ".." would name the collection or its parent.
+ID_PATTERN = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9._-]{1,64}\Z")
+ID_RULE = 'id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, and not "." or ".."'
+_SURROGATE = re.compile("[\ud800-\udfff]")
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MAX_JSON_DEPTH = 16
 
@@ -128,7 +132,7 @@ def _index_of(graph: Graph, focus: Node, prop: URIRef, value: URIRef) -> int | N
 
 
 def load_json(body: bytes | str) -> Any:
-    """Parse a JSON body strictly: no NaN or Infinity, bounded nesting."""
+    """Parse a JSON body strictly: no NaN or Infinity, no lone surrogate, bounded nesting."""
 
     def reject_constant(name: str) -> Any:
         raise MalformedInput(f"{name} is not valid JSON")
@@ -141,30 +145,74 @@ def load_json(body: bytes | str) -> Any:
         raise MalformedInput("JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
-    if _depth(data) > MAX_JSON_DEPTH:
-        raise MalformedInput(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    _check_tree(data)
     return data
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    stack = [(value, level)]
-    deepest = level
+def _check_tree(value: Any) -> None:
+    """Nesting within ``MAX_JSON_DEPTH``; every string (key or value) valid Unicode.
+
+    JSON's ``\\ud800`` escape can write half of a surrogate pair, which is no character:
+    it could be neither stored nor sent back as UTF-8.
+    """
+    stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            return deepest
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedInput(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
-    return deepest
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            raise MalformedInput("the JSON has a lone surrogate escape (\\ud800-\\udfff without its pair): "
+                                 "strings must be valid Unicode")
 
 
-def from_json(data: Any, contract: Contract, case_id: str | None = None, site: str = DEFAULT_SITE) -> CaseGraph:
-    """Map a contract case to RDF. Structural problems are collected, not raised."""
+def count_values(data: Any, limit: int) -> int:
+    """A lower bound of the triples a contract case maps to, counted up to ``limit + 1`` only.
+
+    Every value (not null) becomes at least one triple, every nested object two (its link and
+    its type); the case's own type stands in for its ``id``. So a count past the triple cap
+    refuses a case before any of it is built.
+    """
+    count, stack = 0, list(data.values()) if isinstance(data, dict) else [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(v for v in item.values() if v is not None)
+            count += 2
+        elif isinstance(item, list):
+            stack.extend(v for v in item if v is not None)
+        elif item is not None:
+            count += 1
+    return count
+
+
+def _over_limits(data: dict[str, Any], max_triples: int | None, max_list_items: int | None) -> list[Violation]:
+    long = [Violation(key, f"{key} may hold at most {max_list_items} items, not {len(value)}")
+            for key, value in data.items()
+            if max_list_items is not None and isinstance(value, list) and len(value) > max_list_items]
+    if long or max_triples is None:
+        return long
+    if (count := count_values(data, max_triples)) > max_triples:
+        return [Violation("$", f"a case may hold at most {max_triples} triples; this one would need more than "
+                               f"{count - 1}")]
+    return []
+
+
+def from_json(data: Any, contract: Contract, case_id: str | None = None, site: str = DEFAULT_SITE,
+              max_triples: int | None = None, max_list_items: int | None = None) -> CaseGraph:
+    """Map a contract case to RDF. Structural problems are collected, not raised.
+
+    A case over the limits (``max_triples``, ``max_list_items`` in any of its lists) is
+    refused before it is mapped: counting costs microseconds, reasoning over a case with
+    hundreds of scores costs seconds."""
     if not isinstance(data, dict):
         raise MalformedInput("a case must be a JSON object")
+    if too_big := _over_limits(data, max_triples, max_list_items):
+        raise InvalidCase(too_big)
     problems: list[Violation] = []
     given_id = data.get("id")
     if case_id is None:
@@ -173,7 +221,7 @@ def from_json(data: Any, contract: Contract, case_id: str | None = None, site: s
         elif isinstance(given_id, str) and ID_PATTERN.match(given_id):
             case_id = given_id
         else:
-            problems.append(Violation("id", "id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -", value=given_id))
+            problems.append(Violation("id", ID_RULE, value=given_id))
             case_id = new_case_id()
     elif given_id is not None and given_id != case_id:
         problems.append(Violation("id", f"id in the body ({given_id!r}) differs from the case addressed ({case_id!r})"))
@@ -272,7 +320,7 @@ _FORBIDDEN_NAMESPACES = (str(OWL), str(RDFS))
 
 
 def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | None = None, max_triples: int = 2_000,
-             site: str = DEFAULT_SITE) -> CaseGraph:
+             site: str = DEFAULT_SITE, max_list_items: int | None = None) -> CaseGraph:
     """Read a case written in Turtle, JSON-LD or N-Triples.
 
     Parsed by Oxigraph, which never fetches a remote JSON-LD context. The case is the one
@@ -283,6 +331,9 @@ def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | No
     try:
         quads = []
         for quad in ox.parse(body, format=fmt, base_iri=CASE_BASE, without_named_graphs=True):
+            if isinstance(quad.subject, ox.Triple) or isinstance(quad.object, ox.Triple):
+                raise InvalidCase([Violation("$", "a case may not hold triple terms (RDF-star << … >> or {| … |}): "
+                                                  "a case states facts, not statements about statements")])
             quads.append(quad)
             if len(quads) > max_triples:
                 raise InvalidCase([Violation("$", f"a case may hold at most {max_triples} triples")])
@@ -290,6 +341,8 @@ def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | No
         raise MalformedInput(f"not valid {media_type}: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"not valid {media_type}: {exc}") from None
+    if max_list_items is not None:
+        _check_fan_out(quads, max_list_items)
     triples: list[Triple] = [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object)) for q in quads]
 
     problems = [Violation("$", msg) for msg in _schema_problems(triples)]
@@ -322,6 +375,16 @@ def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | No
     cg = CaseGraph(iri=iri, id=case_id, graph=graph, contract=contract, node_paths={iri: ""}, problems=problems)
     _name_nodes(cg)
     return cg
+
+
+def _check_fan_out(quads: list[ox.Quad], max_values: int) -> None:
+    """No node may have more than ``max_values`` values of one property: the RDF form of the
+    JSON list limit (hundreds of scores cost seconds of reasoning)."""
+    fan_out = Counter((q.subject, q.predicate) for q in quads)
+    if fan_out and (worst := max(fan_out.items(), key=lambda item: item[1]))[1] > max_values:
+        (_, predicate), count = worst
+        raise InvalidCase([Violation("$", f"a node may have at most {max_values} values of {predicate.value}, "
+                                          f"not {count}")])
 
 
 def _schema_problems(triples: list[Triple]) -> Iterable[str]:

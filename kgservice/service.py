@@ -67,8 +67,7 @@ class Service:
 
     def replace(self, case_id: str, body: bytes, media_type: str | None, site: str) -> Stored:
         if not cases.ID_PATTERN.match(case_id):
-            raise InvalidCase([Violation("id", "id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -",
-                                         value=case_id)])
+            raise InvalidCase([Violation("id", cases.ID_RULE, value=case_id)])
         outcome = self.reason(body, media_type, site, case_id=case_id)
         created = self.site_store(site).replace(case_id, outcome.asserted, outcome.inferred)
         return Stored(case_id, created, outcome.answer)

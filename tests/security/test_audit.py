@@ -145,3 +145,19 @@ def test_a_failing_request_is_recorded_too(make_app: Apps, monkeypatch: Any) -> 
     response = client.get("/cases", headers=north.headers)
     assert response.status_code == 500
     trail.one_new(response, site="north", token=north.token_id)
+
+
+def test_every_reader_sees_one_record_per_line(make_app: Apps) -> None:
+    """Line and paragraph separators in a client's value are escaped, never written raw."""
+    app = make_app()
+    north = issue(settings_of(app), "north", "cases:read")
+    client = app.test_client()
+    trail = Trail(settings_of(app).audit_path)
+    separators = "\u2028\u2029\u0085\x1c\x1d\x1e\x0b\x0c"
+    for i, separator in enumerate(separators):
+        response = client.get(f"/cases/x{separator}{i}", headers=north.headers,
+                              environ_base={"REMOTE_ADDR": CLIENT_ADDRESS})
+        assert response.status_code == 404
+        trail.one_new(response, case=f"x{separator}{i}")
+    raw = settings_of(app).audit_path.read_bytes()
+    assert raw.isascii() and raw.count(b"\n") == len(raw.decode("ascii").splitlines()) == len(separators)
