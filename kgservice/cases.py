@@ -132,7 +132,8 @@ def _index_of(graph: Graph, focus: Node, prop: URIRef, value: URIRef) -> int | N
 
 
 def load_json(body: bytes | str) -> Any:
-    """Parse a JSON body strictly: no NaN or Infinity, no lone surrogate, bounded nesting."""
+    """Parse a JSON body strictly: no NaN or Infinity. :func:`from_json` checks each case's
+    nesting and strings, once its size is known to be within the limits."""
 
     def reject_constant(name: str) -> Any:
         raise MalformedInput(f"{name} is not valid JSON")
@@ -145,7 +146,6 @@ def load_json(body: bytes | str) -> Any:
         raise MalformedInput("JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
-    _check_tree(data)
     return data
 
 
@@ -173,16 +173,16 @@ def _check_tree(value: Any) -> None:
 def count_values(data: Any, limit: int) -> int:
     """A lower bound of the triples a contract case maps to, counted up to ``limit + 1`` only.
 
-    Every value (not null) becomes at least one triple, every nested object two (its link and
-    its type); the case's own type stands in for its ``id``. So a count past the triple cap
-    refuses a case before any of it is built.
+    Every value (not null) becomes at least one triple: a nested object its link, a scalar or
+    code its statement; the case's own type stands in for its ``id``. So a count past the
+    triple cap refuses a case before any of it is built.
     """
     count, stack = 0, list(data.values()) if isinstance(data, dict) else [data]
     while stack and count <= limit:
         item = stack.pop()
         if isinstance(item, dict):
             stack.extend(v for v in item.values() if v is not None)
-            count += 2
+            count += 1
         elif isinstance(item, list):
             stack.extend(v for v in item if v is not None)
         elif item is not None:
@@ -213,6 +213,7 @@ def from_json(data: Any, contract: Contract, case_id: str | None = None, site: s
         raise MalformedInput("a case must be a JSON object")
     if too_big := _over_limits(data, max_triples, max_list_items):
         raise InvalidCase(too_big)
+    _check_tree(data)
     problems: list[Violation] = []
     given_id = data.get("id")
     if case_id is None:

@@ -41,6 +41,7 @@ class Settings:
     threads: int = 8
     max_body_bytes: int = 1_000_000
     max_case_triples: int = 2_000
+    max_case_list_items: int = 50
     max_batch: int = 1_000
     page_size: int = 50
     query_timeout_s: float = 10.0

@@ -49,8 +49,7 @@ def _rdf_reader(media_type: str) -> Reader:
     def read(kb: KnowledgeBase, body: Any, case_id: str | None, site: str) -> CaseGraph:
         if not isinstance(body, bytes):
             raise MalformedInput(f"a {media_type} case must be sent as a body")
-        return cases.from_rdf(body, media_type, kb.contract, case_id=case_id, max_triples=kb.max_case_triples,
-                              site=site)
+        return kb.read_rdf(body, media_type, case_id=case_id, site=site)
 
     return Reader(lambda body: body, read)
 
@@ -98,7 +97,7 @@ class Reasoned:
 class KnowledgeBase:
     def __init__(self, ontology: Ontology, case_shapes: Graph, engine: str = "reasonable",
                  max_case_triples: int = 2_000, cache_dir: Path | None = None,
-                 shacl_engine: str = "builtin", max_batch: int = 1_000) -> None:
+                 shacl_engine: str = "builtin", max_batch: int = 1_000, max_case_list_items: int = 50) -> None:
         self.ontology = ontology
         self.contract = Contract.from_shapes(case_shapes)
         self.validator = CaseValidator(ontology, case_shapes, shacl_engine)
@@ -106,6 +105,7 @@ class KnowledgeBase:
         self.answers = AnswerBuilder(ontology)
         self.max_case_triples = max_case_triples
         self.max_batch = max_batch
+        self.max_case_list_items = max_case_list_items
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KnowledgeBase:
@@ -117,6 +117,7 @@ class KnowledgeBase:
             cache_dir=settings.cache_dir,
             shacl_engine=settings.shacl_engine,
             max_batch=settings.max_batch,
+            max_case_list_items=settings.max_case_list_items,
         )
 
     @property
@@ -184,12 +185,13 @@ class KnowledgeBase:
     # -- the stages ------------------------------------------------------------------------
 
     def read_json(self, data: Any, case_id: str | None = None, site: str = cases.DEFAULT_SITE) -> CaseGraph:
-        return cases.from_json(data, self.contract, case_id=case_id, site=site)
+        return cases.from_json(data, self.contract, case_id=case_id, site=site, max_triples=self.max_case_triples,
+                               max_list_items=self.max_case_list_items)
 
     def read_rdf(self, body: bytes, media_type: str, case_id: str | None = None,
                  site: str = cases.DEFAULT_SITE) -> CaseGraph:
         return cases.from_rdf(body, media_type, self.contract, case_id=case_id, max_triples=self.max_case_triples,
-                              site=site)
+                              site=site, max_list_items=self.max_case_list_items)
 
     @cached_property
     def fhir_codes(self) -> fhir.CodeMap:

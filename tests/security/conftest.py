@@ -160,7 +160,7 @@ def issue(settings: Settings, site: str, *scopes: str) -> Site:
 
 
 #: Settings that shape the knowledge base; apps that keep the defaults share the session's ``kb``.
-_KB_FIELDS = ("ontology_path", "shapes_dir", "engine", "max_case_triples")
+_KB_FIELDS = ("ontology_path", "shapes_dir", "engine", "max_case_triples", "max_case_list_items")
 
 
 class Apps:
