@@ -16,9 +16,9 @@ from flask import Response, current_app, g, request
 
 from .audit import AuditLog
 from .auth import SCOPES, Caller, Forbidden, TokenStore, Unauthorized
+from .cases import DEFAULT_SITE
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_SITE = "default"
 _AUDITED = {"pathway:run", "cases:read", "cases:write"}
 
 

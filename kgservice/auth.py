@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .cases import SITE_PATTERN
 from .errors import ESIError
+from .files import write_atomically
 
 #: What each scope allows. ``admin`` includes every other scope.
 SCOPES = {
@@ -138,20 +138,3 @@ class TokenStore:
         if not hmac.compare_digest(_digest(parts[2]), expected) or token is None or token.revoked is not None:
             return None
         return token
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a whole file or nothing: temporary file in the same folder, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -27,7 +27,7 @@ from .contract import Contract, Spec
 from .errors import InvalidCase, MalformedInput, Violation
 from .media import RDF_FORMATS
 from .ontology import CASE_BASE, ESI, local_name
-from .terms import from_ox, triple_to_ox
+from .terms import Triple, triple_to_ox, triples_from_ox
 
 # \Z, not $: "$" also matches before a final newline, and "p01\n" is no id (nor a code, nor a site).
 # An id is a path segment of /cases/{id}: "." and ".." would name the collection or its parent.
@@ -36,8 +36,6 @@ ID_RULE = 'id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, and not "." o
 _SURROGATE = re.compile("[\ud800-\udfff]")
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MAX_JSON_DEPTH = 16
-
-Triple = tuple[Node, Node, Node]
 
 
 @dataclass
@@ -344,7 +342,7 @@ def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | No
         raise MalformedInput(f"not valid {media_type}: {exc}") from None
     if max_list_items is not None:
         _check_fan_out(quads, max_list_items)
-    triples: list[Triple] = [(from_ox(q.subject), from_ox(q.predicate), from_ox(q.object)) for q in quads]
+    triples = triples_from_ox(quads)
 
     problems = [Violation("$", msg) for msg in _schema_problems(triples)]
     cases = sorted({s for s, p, o in triples if p == RDF.type and o == contract.case_type}, key=str)

@@ -37,7 +37,6 @@ class Settings:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 2
     threads: int = 8
     max_body_bytes: int = 1_000_000
     max_case_triples: int = 2_000

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator
 from rdflib import RDF, XSD, Literal, URIRef
 from rdflib.term import Node
 
-from .ontology import CONCLUSION_PROPERTIES, ESI, AllOf, AnyOf, Expr, HasValue, Named, Ontology, SomeValues, Triple
+from .ontology import CONCLUSION_PROPERTIES, ESI, AllOf, AnyOf, Expr, HasValue, Named, Ontology, SomeValues
+from .terms import Triple
 
 
 class Facts:

@@ -10,7 +10,7 @@ method is safe to call from many threads.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ from .config import Settings
 from .contract import Contract
 from .errors import ESIError, InvalidCase, MalformedInput, Problem, UnsupportedMediaType, Violation
 from .media import JSON, RDF_FORMATS, essence
-from .ontology import ESI, Ontology, Triple
+from .ontology import ESI, Ontology
 from .pathways import AnswerBuilder
 from .reasoning import CaseInput, Reasoner
 from .store import GraphView
-from .terms import triple_to_ox
+from .terms import Triple, triple_to_ox
 from .validation import CASE_SHAPES, CaseValidator, load_shapes
 
 
@@ -91,7 +91,12 @@ class Reasoned:
 
     case: CaseGraph
     inferred: set[Triple]
-    answer: dict[str, Any]
+    answer: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def ox_inferred(self) -> list[ox.Triple]:
+        """The inferred graph as Oxigraph triples (to answer from, and to store)."""
+        return [triple_to_ox(t) for t in self.inferred]
 
 
 class KnowledgeBase:
@@ -172,7 +177,7 @@ class KnowledgeBase:
             done = next(reasoned)
             out.append(Outcome(item.id, {**done.answer, **item.report} if answers else done.answer,
                                list(item.ox_triples) if graphs else [],
-                               [triple_to_ox(t) for t in done.inferred] if graphs else []))
+                               done.ox_inferred if graphs else []))
         return out
 
     def answer_json(self, data: Any) -> dict[str, Any]:
@@ -242,17 +247,17 @@ class KnowledgeBase:
         for case in batch:
             graph = inferred[case.iri]
             graph.add((case.iri, ESI.ontologyVersion, Literal(self.version)))
-            out.append(Reasoned(case, graph, self.answer_from_graphs(case, graph) if answers else {}))
+            reasoned = Reasoned(case, graph)
+            if answers:
+                facts = GraphView.of([*case.ox_triples, *reasoned.ox_inferred])
+                reasoned.answer = self.answers.answer(facts, case.iri, case.id)
+            out.append(reasoned)
         return out
 
     @staticmethod
     def reasoner_input(case: CaseGraph) -> CaseInput:
         """A valid case as the reasoner takes it: asserted triples plus computed observations."""
         return CaseInput(case.iri, case.triples, tuple(cases.observations(case.graph, case.iri)))
-
-    def answer_from_graphs(self, case: CaseGraph, inferred: set[Triple]) -> dict[str, Any]:
-        facts = GraphView.of([*case.ox_triples, *(triple_to_ox(t) for t in inferred)])
-        return self.answers.answer(facts, case.iri, case.id)
 
     @cached_property
     def vocabulary(self) -> dict[str, dict[str, list[dict[str, str]]]]:

@@ -18,11 +18,10 @@ from rdflib.namespace import DCTERMS, SH
 from rdflib.term import Node
 
 from .errors import OntologyError
+from .terms import Triple
 
 ESI = Namespace("https://w3id.org/esi-kg/ontology#")
 CASE_BASE = "https://w3id.org/esi-kg/case/"
-
-Triple = tuple[Node, Node, Node]
 
 #: Properties whose values are the answer's conclusions (the contract's facets).
 CONCLUSION_PROPERTIES = (ESI.hasSuspectedPainSource, ESI.hasSuspectedFailureCause, ESI.hasApplicablePathway)

@@ -21,7 +21,7 @@ from .kb import KnowledgeBase, Outcome
 from .ontology import ESI
 from .reasoning import ENGINES
 from .store import SiteStore, SiteStores, open_stores
-from .terms import from_ox
+from .terms import triples_from_ox
 
 
 @dataclass
@@ -82,8 +82,8 @@ class Service:
 
     def case_json(self, case_id: str, site: str) -> dict[str, Any]:
         graph = Graph()
-        for t in self.case_triples(case_id, site):
-            graph.add((from_ox(t.subject), from_ox(t.predicate), from_ox(t.object)))
+        for t in triples_from_ox(self.case_triples(case_id, site)):
+            graph.add(t)
         return cases.to_json(graph, cases.case_iri(case_id, site), self.kb.contract)
 
     def stored_answer(self, case_id: str, site: str) -> dict[str, Any]:

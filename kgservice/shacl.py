@@ -28,7 +28,7 @@ from rdflib.collection import Collection
 from rdflib.namespace import SH
 from rdflib.term import Node
 
-Triple = tuple[Node, Node, Node]
+from .terms import Triple
 
 
 class Unsupported(Exception):

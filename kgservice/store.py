@@ -32,8 +32,8 @@ import pyoxigraph as ox
 from .cases import SITE_PATTERN, case_iri
 from .errors import Conflict, NotFound, QueryError
 from .isolation import run_forked
-from .ontology import ESI, Triple
-from .terms import QueryResult, Selects, Substitutions, solutions, triples_to_ox
+from .ontology import ESI
+from .terms import QueryResult, Selects, Substitutions, Triple, solutions, triples_to_ox
 
 T = TypeVar("T")
 

@@ -15,6 +15,9 @@ from rdflib.term import Node
 
 XSD_STRING = "http://www.w3.org/2001/XMLSchema#string"
 
+#: An RDF triple of rdflib terms, as the reasoners, pyshacl and the case mapping take them.
+Triple = tuple[Node, Node, Node]
+
 #: What ``Store.query(substitutions=...)`` binds variables to.
 Substitutions = dict[ox.Variable, ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple]
 QueryResult = ox.QuerySolutions | ox.QueryBoolean | ox.QueryTriples
@@ -56,17 +59,27 @@ def from_ox(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple | ox.Defa
     raise TypeError(f"unsupported RDF term: {term!r}")
 
 
-def triple_to_ox(triple: tuple[Node, Node, Node]) -> ox.Triple:
+def triple_to_ox(triple: Triple) -> ox.Triple:
     # RDF puts IRIs or blank nodes in subject position and IRIs in predicate position;
     # the casts say so to the type checker, and Oxigraph still raises TypeError on anything else.
     s, p, o = triple
     return ox.Triple(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o))
 
 
-def triples_to_ox(triples: Iterable[tuple[Node, Node, Node]],
+def triples_to_ox(triples: Iterable[Triple],
                   graph: ox.NamedNode | ox.BlankNode | ox.DefaultGraph) -> Iterator[ox.Quad]:
+    """rdflib triples as Oxigraph quads in ``graph``."""
     for s, p, o in triples:
         yield ox.Quad(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o), graph)
+
+
+def triple_from_ox(triple: ox.Triple | ox.Quad) -> Triple:
+    """An Oxigraph triple (or a quad's triple) as rdflib terms."""
+    return (from_ox(triple.subject), from_ox(triple.predicate), from_ox(triple.object))
+
+
+def triples_from_ox(triples: Iterable[ox.Triple | ox.Quad]) -> list[Triple]:
+    return [triple_from_ox(t) for t in triples]
 
 
 def solutions(result: QueryResult) -> ox.QuerySolutions:

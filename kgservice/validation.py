@@ -20,8 +20,8 @@ from . import shacl
 from .cases import CaseGraph
 from .config import SHACL_ENGINES
 from .errors import OntologyError, Violation
-from .ontology import Ontology, Triple
-from .terms import from_ox, solutions, to_ox, triples_to_ox
+from .ontology import Ontology
+from .terms import Triple, from_ox, solutions, to_ox, triples_to_ox
 
 CASE_SHAPES = "case.ttl"
 ONTOLOGY_SHAPES = "ontology-qc.ttl"
@@ -63,7 +63,7 @@ class CaseValidator:
     parses such a query again for every focus node: 37 ms each, measured, against 0.1 ms.
     """
 
-    def __init__(self, ontology: Ontology, shapes: Graph, engine: str = "builtin") -> None:
+    def __init__(self, ontology: Ontology, shapes: Graph, engine: str = "builtin", sparql_at_once: bool = True) -> None:
         if engine not in SHACL_ENGINES:
             raise ValueError(f"unknown SHACL engine {engine!r}; choose one of {', '.join(SHACL_ENGINES)}")
         self.ontology = ontology
@@ -79,8 +79,13 @@ class CaseValidator:
             except shacl.Unsupported as exc:
                 log.warning("case shapes use %s, which the built-in SHACL engine lacks: using pyshacl", exc)
         self.engine = "builtin" if self._compiled is not None else "pyshacl"
-        self._sparql = SparqlConstraints(shapes)
+        self._sparql = SparqlConstraints(shapes, at_once=sparql_at_once)
         self._support = _type_support(ontology.graph)
+
+    @property
+    def sparql_at_once(self) -> bool:
+        """Whether every SHACL-SPARQL constraint runs once for all its focus nodes."""
+        return self._sparql.all_at_once
 
     def support_for(self, case: Iterable[Triple]) -> set[Triple]:
         """The ontology triples ``sh:class`` needs for this case: the types of the terms it
@@ -197,9 +202,13 @@ def _type_support(ontology: Graph) -> dict[URIRef, tuple[Triple, ...]]:
 
 
 class SparqlConstraints:
-    """The ``sh:sparql`` constraints of a shapes graph, run with Oxigraph."""
+    """The ``sh:sparql`` constraints of a shapes graph, run with Oxigraph.
 
-    def __init__(self, shapes: Graph) -> None:
+    ``at_once``: run each constraint once for all its focus nodes where that gives the same
+    solutions (see :func:`_all_at_once`); False runs it once per focus node, as SHACL words it.
+    """
+
+    def __init__(self, shapes: Graph, at_once: bool = True) -> None:
         self._checks: list[tuple[str, list[tuple[URIRef, Node]], str, str, str | None, str | None]] = []
         for shape, constraint in shapes.subject_objects(SH.sparql):
             select = shapes.value(constraint, SH.select)
@@ -215,7 +224,13 @@ class SparqlConstraints:
             message = str(shapes.value(constraint, SH.message) or shapes.value(shape, SH.message) or
                           "constraint not met")
             query = prefixes + str(select)
-            self._checks.append((query, targets, message, str(shape), _iri(constraint), _all_at_once(query, targets)))
+            self._checks.append((query, targets, message, str(shape), _iri(constraint),
+                                 _all_at_once(query, targets) if at_once else None))
+
+    @property
+    def all_at_once(self) -> bool:
+        """Whether every constraint runs once for all its focus nodes."""
+        return all(check[5] is not None for check in self._checks)
 
     def results(self, store: ox.Store) -> Iterator[tuple[ox.NamedNode | ox.BlankNode, ox.QuerySolution, str, str]]:
         """Every solution of every constraint: ``(focus node, solution, message, shape IRI)``."""

@@ -34,3 +34,15 @@ def test_ruff_passes() -> None:
 def test_mypy_passes() -> None:
     result = _run([*_tool("mypy")])
     assert result.returncode == 0, f"mypy failed:\n{result.stdout}{result.stderr}"
+
+
+def test_the_readme_lists_every_setting() -> None:
+    """Each field of ``Settings`` is in the README's settings table as its ``ESI_*`` variable."""
+    from dataclasses import fields
+
+    from kgservice.config import Settings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Settings"):].split("\n\n## ", 1)[0]
+    missing = [f.name for f in fields(Settings) if f"`ESI_{f.name.upper()}`" not in table]
+    assert not missing, f"README's settings table misses {missing}"

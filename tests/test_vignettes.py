@@ -57,8 +57,7 @@ def test_declarations_do_not_change_inferences(kb: KnowledgeBase, kb_owlrl: Know
     from kgservice.reasoning import Reasoner
 
     for base in (kb, kb_owlrl):
-        whole = Reasoner(base.ontology, base.reasoner.engine)
-        whole._case_tbox = whole._tbox
+        whole = Reasoner(base.ontology, base.reasoner.engine, reference=True)
         assert len(base.ontology.case_tbox) < len(base.ontology.tbox)
         for path in VIGNETTES:
             graph = base.read_json(load_vignette(path)["case"])
@@ -77,7 +76,7 @@ def test_answers_are_the_same_from_many_threads_at_once(kb: KnowledgeBase) -> No
     assert together == alone
     from kgservice.reasoning import RULE_SUPPORT_GRAPH
 
-    store = kb.reasoner._rule_store
+    store = kb.reasoner.rule_store
     assert list(store.named_graphs()) == [RULE_SUPPORT_GRAPH], "each run's facts are removed after it"
 
 
@@ -89,15 +88,15 @@ def test_the_rule_store_is_replaced_and_answers_do_not_change(kb: KnowledgeBase,
     cases = [load_vignette(path)["case"] for path in VIGNETTES]
     before = [kb.answer_json(case) for case in cases]
     monkeypatch.setattr(reasoning, "RULE_STORE_RUNS", 1)
-    first = kb.reasoner._rule_store
+    first = kb.reasoner.rule_store
     assert [kb.answer_json(case) for case in cases] == before
-    assert kb.reasoner._rule_store is not first
+    assert kb.reasoner.rule_store is not first
     # A batch counts each of its cases: one batch larger than the limit gets a new store too.
     monkeypatch.setattr(reasoning, "RULE_STORE_RUNS", len(cases) + 1)
     kb.reason([kb.read_json(case) for case in cases])
-    second = kb.reasoner._rule_store
+    second = kb.reasoner.rule_store
     assert [r.answer for r in kb.reason([kb.read_json(case) for case in cases])] == before
-    assert kb.reasoner._rule_store is not second
+    assert kb.reasoner.rule_store is not second
 
 
 ANSWER_ALL = """
