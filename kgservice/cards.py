@@ -25,7 +25,7 @@ from typing import Any
 
 from rdflib import URIRef
 
-from .fhir import ESI_SYSTEM
+from .codes import ESI_SYSTEM
 from .ontology import ESI, local_name
 
 SUMMARY_MAX = 139  # CDS Hooks: a summary of fewer than 140 characters

@@ -21,44 +21,31 @@ How a case is expressed in FHIR (the README's "FHIR" section says the same for i
 - Pain scores: ``Observation`` coded LOINC 72514-3 (0–10 numeric rating), ``effective``
   date, ``valueInteger`` (or a unitless ``valueQuantity``); ``bodySite`` adds a pain region.
 
-Codes are matched through the ontology only: its own code system (:data:`ESI_SYSTEM`, codes
-are the contract's codes) and the ``skos:exactMatch`` / ``skos:closeMatch`` links it holds to
-SNOMED CT, HPO, MONDO, NCIt, UBERON, MAxO, LOINC. A code that matches nothing is reported,
-never dropped silently.
+Codes are matched through the ontology only (:mod:`codes`): its own code system and the SKOS
+matches it holds to SNOMED CT, HPO, MONDO, NCIt, UBERON, MAxO, LOINC. A code that matches
+nothing is reported, never dropped silently.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
-from rdflib import URIRef
-from rdflib.namespace import SKOS
 
 from .cases import origin
+from .codes import ESI_SYSTEM, CodeMap
 from .errors import ESIError, MalformedInput
 from .ontology import ESI
 
 FHIR_JSON = "application/fhir+json"
-ESI_SYSTEM = "https://w3id.org/esi-kg/ontology"
 APPROACH_EXTENSION = "https://w3id.org/esi-kg/fhir/StructureDefinition/injection-approach"
 #: The resource types a case is read from; others are validated and then left out (noted).
 USED_TYPES = ("Patient", "Condition", "Procedure", "Observation")
-#: How a FHIR code system's concepts are named as IRIs: system → (IRI stem, code prefix to drop).
-#: SNOMED CT and LOINC as FHIR's RDF names them; OBO ontologies by their PURLs.
-IRI_STEMS: dict[str, tuple[str, str]] = {
-    "http://snomed.info/sct": ("http://snomed.info/id/", ""),
-    "http://loinc.org": ("http://loinc.org/rdf#", ""),
-    "http://human-phenotype-ontology.org": ("http://purl.obolibrary.org/obo/", ""),
-    "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl": ("http://purl.obolibrary.org/obo/NCIT_", ""),
-}
-OBO = "http://purl.obolibrary.org/obo/"
-_MATCHES = ((SKOS.exactMatch, 1), (SKOS.closeMatch, 2))  # relatedMatch is too loose to read a case by
 _FINDING_FIELDS = ("diagnoses", "findings", "red_flags", "pain_regions")
 _DROPPED_VERIFICATION = {"refuted", "entered-in-error"}
 _DROPPED_STATUS = {"entered-in-error", "cancelled", "not-done"}
@@ -77,72 +64,6 @@ class InvalidFHIR(ESIError):
 
     def problem(self) -> dict[str, Any]:
         return {**super().problem(), "issues": self.issues}
-
-
-def coding_iri(system: str | None, code: str | None) -> URIRef | None:
-    """The IRI a FHIR coding stands for, or None for a system ESI-KG cannot name.
-
-    >>> str(coding_iri("http://snomed.info/sct", "76107001"))
-    'http://snomed.info/id/76107001'
-    >>> str(coding_iri("http://human-phenotype-ontology.org", "HP:0009027"))
-    'http://purl.obolibrary.org/obo/HP_0009027'
-    >>> str(coding_iri("https://w3id.org/esi-kg/ontology", "foot-drop"))
-    'https://w3id.org/esi-kg/ontology#foot-drop'
-    """
-    if not system or not code:
-        return None
-    if system.rstrip("#") == ESI_SYSTEM:
-        return ESI[code]
-    if system in IRI_STEMS:
-        stem, _ = IRI_STEMS[system]
-        return URIRef(stem + (code.replace(":", "_") if stem == OBO else code))
-    if system.startswith(OBO) and system.endswith(".owl") and ":" in code:  # MONDO, UBERON, MAXO, DOID…
-        return URIRef(OBO + code.replace(":", "_"))
-    return None
-
-
-@dataclass(frozen=True)
-class CodeMap:
-    """Which contract code each IRI stands for, per contract field, from the ontology."""
-
-    by_field: dict[str, dict[URIRef, tuple[tuple[int, str], ...]]]
-    names: dict[URIRef, frozenset[URIRef]]  # an ontology term → every IRI that names it
-    surgeries: frozenset[URIRef]  # spinal operations: one before the injection is prior spinal surgery
-
-    @classmethod
-    def from_kb(cls, kb: Any) -> CodeMap:
-        graph = kb.ontology.graph
-        names: dict[URIRef, set[URIRef]] = {}
-        for s in set(graph.subjects()):
-            if isinstance(s, URIRef):
-                names[s] = {s} | {o for p, _ in _MATCHES for o in graph.objects(s, p) if isinstance(o, URIRef)}
-        by_field: dict[str, dict[URIRef, list[tuple[int, str]]]] = {}
-        for name, entries in kb.vocabulary["input"].items():
-            table = by_field.setdefault(name, {})
-            for entry in entries:
-                term = URIRef(entry["iri"])
-                table.setdefault(term, []).append((0, entry["code"]))
-                for p, rank in _MATCHES:
-                    for other in graph.objects(term, p):
-                        table.setdefault(URIRef(str(other)), []).append((rank, entry["code"]))
-        return cls({f: {i: tuple(sorted(c)) for i, c in t.items()} for f, t in by_field.items()},
-                   {s: frozenset(n) for s, n in names.items()},
-                   frozenset(kb.ontology.members(ESI.SurgicalProcedure)))
-
-    def match(self, codings: Iterable[Any], fields: Iterable[str]) -> tuple[str, str] | None:
-        """The (field, code) of the best match of any coding, or None. Exact beats close."""
-        best: tuple[int, str, str] | None = None
-        for coding in codings:
-            iri = coding_iri(coding.system, coding.code)
-            for name in fields:
-                for rank, code in self.by_field.get(name, {}).get(iri, ()) if iri is not None else ():
-                    if best is None or rank < best[0]:
-                        best = (rank, name, code)
-        return (best[1], best[2]) if best else None
-
-    def names_term(self, codings: Iterable[Any], term: URIRef) -> bool:
-        wanted = self.names.get(term, frozenset({term}))
-        return any(coding_iri(c.system, c.code) in wanted for c in codings)
 
 
 @dataclass
@@ -434,8 +355,3 @@ def _block(p: Any, day: dt.date | None, result: Any, codes: CodeMap, out: Mapped
     out.sources[f"diagnostic_blocks[{len(blocks)}].relief_percent"] = _ref(result)
     blocks.append({"target": target, "date": day.isoformat(), "relief_percent": value})
 
-
-def entries(resources: Iterable[Any]) -> Iterator[dict[str, Any]]:
-    """Resources as Bundle entries (for a collection Bundle built from CDS prefetch)."""
-    for r in resources:
-        yield {"resource": r.model_dump(mode="json", exclude_none=True)}

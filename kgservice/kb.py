@@ -20,6 +20,7 @@ from rdflib import Graph, Literal, URIRef
 
 from . import cases, fhir
 from .cases import CaseGraph
+from .codes import CodeMap
 from .config import Settings
 from .contract import Contract
 from .errors import ESIError, InvalidCase, MalformedInput, Problem, UnsupportedMediaType, Violation
@@ -199,9 +200,9 @@ class KnowledgeBase:
                               site=site, max_list_items=self.max_case_list_items)
 
     @cached_property
-    def fhir_codes(self) -> fhir.CodeMap:
+    def fhir_codes(self) -> CodeMap:
         """The contract codes FHIR codings stand for, read from the ontology and its SKOS matches."""
-        return fhir.CodeMap.from_kb(self)
+        return CodeMap.from_kb(self)
 
     def read_fhir(self, bundle: Any, case_id: str | None = None, site: str = cases.DEFAULT_SITE) -> CaseGraph:
         """A FHIR Bundle (decoded JSON) as a case, each value traced to its resource.

@@ -15,7 +15,8 @@ from typing import Any
 from rdflib import Graph, URIRef
 from rdflib.namespace import SKOS
 
-from kgservice.fhir import APPROACH_EXTENSION, ESI_SYSTEM
+from kgservice.codes import ESI_SYSTEM
+from kgservice.fhir import APPROACH_EXTENSION
 
 ESI = ESI_SYSTEM + "#"
 OBO = "http://purl.obolibrary.org/obo/"
