@@ -13,12 +13,16 @@ import hmac
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from .cases import SITE_PATTERN
 from .errors import ESIError
 from .files import write_atomically
+
+T = TypeVar("T")
 
 #: What each scope allows. ``admin`` includes every other scope.
 SCOPES = {
@@ -68,26 +72,41 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+class WatchedJson(Generic[T]):
+    """A JSON file read again only when it changes (its mtime), so that an operator's edit bites at once.
+
+    ``parse`` turns the file's JSON into the value; a missing file is ``parse({})``.
+    """
+
+    def __init__(self, path: Path, parse: Callable[[Any], T]) -> None:
+        self.path = path
+        self._parse = parse
+        self._mtime: int | None = None
+        self._value = parse({})
+
+    def get(self) -> T:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._mtime, self._value = None, self._parse({})
+            return self._value
+        if mtime != self._mtime:
+            self._value = self._parse(json.loads(self.path.read_text(encoding="utf-8")))
+            self._mtime = mtime
+        return self._value
+
+
 class TokenStore:
     """Tokens on disk; reloaded when the file changes, so a revoke takes effect at once."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._mtime: float | None = None
-        self._tokens: dict[str, Token] = {}
+        self._file = WatchedJson(path, lambda raw: {t["id"]: Token(**{**t, "scopes": tuple(t["scopes"])})
+                                                    for t in raw.get("tokens", [])})
 
     def _load(self) -> dict[str, Token]:
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            self._tokens, self._mtime = {}, None
-            return self._tokens
-        if mtime != self._mtime:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            self._tokens = {t["id"]: Token(**{**t, "scopes": tuple(t["scopes"])}) for t in raw.get("tokens", [])}
-            self._mtime = mtime
-        return self._tokens
+        return self._file.get()
 
     def _save(self, tokens: dict[str, Token]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 import jwt
 
-from .auth import Unauthorized, write_atomically
+from .auth import Unauthorized, WatchedJson, write_atomically
 from .cases import SITE_PATTERN
 from .errors import ESIError
 
@@ -60,21 +60,12 @@ class CdsClients:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._mtime: int | None = None
-        self._clients: dict[str, CdsClient] = {}
+        self._file = WatchedJson(path, lambda raw: {c["iss"]: CdsClient(c["iss"], c["site"], c["jwks"],
+                                                                          tuple(c.get("jku", ())))
+                                                    for c in raw.get("clients", [])})
 
     def _load(self) -> dict[str, CdsClient]:
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            self._clients, self._mtime = {}, None
-            return self._clients
-        if mtime != self._mtime:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            self._clients = {c["iss"]: CdsClient(c["iss"], c["site"], c["jwks"], tuple(c.get("jku", ())))
-                             for c in raw.get("clients", [])}
-            self._mtime = mtime
-        return self._clients
+        return self._file.get()
 
     def get(self, iss: str) -> CdsClient | None:
         with self._lock:
