@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from . import access, cds
+from . import access, cds, headers
 from .access import note, requires
 from .config import Settings
 from .errors import ESIError, InternalError, InvalidCase, Violation, problem_json
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["esi"] = service or Service(settings)
+    headers.install(app, settings.cors_origins)  # first: a CORS preflight needs no token
     access.install(app, settings)
     app.before_request(_bounded_stream)
 
@@ -65,7 +66,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.register_error_handler(ESIError, _domain_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    app.after_request(_headers)
     return app
 
 
@@ -120,13 +120,6 @@ def _http_error(exc: HTTPException) -> Response:
 def _unexpected_error(exc: Exception) -> Response:
     log.exception("unexpected error")
     return problem_response(InternalError().problem())
-
-
-def _headers(response: Response) -> Response:
-    if request.path.startswith(("/cases", "/pathway", "/sparql", "/queries")):
-        response.headers["Cache-Control"] = "no-store"
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    return response
 
 
 # -- negotiation ------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class Settings:
     reasoning_timeout_s: float = 10.0
     reasoning_workers: int | None = None
     auth_required: bool = True
+    cors_origins: str = ""
     audit_log: Path | None = None
     audit_fsync: bool = False
     store: str = "oxigraph"
