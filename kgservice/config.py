@@ -38,6 +38,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 8
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     max_body_bytes: int = 1_000_000
     max_case_triples: int = 2_000
     max_case_list_items: int = 50

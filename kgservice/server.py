@@ -1,7 +1,8 @@
 """``kgservice serve``: the API under gunicorn, a production WSGI server.
 
 One worker process owns the Oxigraph stores (RocksDB allows a single writer process) and
-answers with several threads; the CPU-bound pipeline runs in a pool of reasoning processes
+answers with several threads, each given a request only once it has been read whole
+(``kgservice/httpworker.py``: slow clients hold no thread); the CPU-bound pipeline runs in a pool of reasoning processes
 (one per core unless ``ESI_REASONING_WORKERS`` says otherwise), so every core is used.
 The network guard is installed in the worker and in every reasoning process. Flask's
 development server and debugger are never used.
@@ -28,7 +29,7 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": f"{s.host}:{s.port}",
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "kgservice.httpworker.BufferedThreadWorker",  # slow clients hold no thread
             "threads": s.threads,
             "timeout": max(30, int(s.query_timeout_s * 3)),
             "graceful_timeout": 10,

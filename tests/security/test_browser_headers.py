@@ -151,5 +151,6 @@ def test_the_real_server_sends_the_headers_and_answers_preflights(tmp_path: Path
             "Origin": EHR, "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "Authorization, Content-Type"})
         assert preflight.status == 204 and preflight.header("Access-Control-Allow-Origin") == EHR
-        other = server.request("OPTIONS", "/pathway", headers={"Origin": OTHER, "Access-Control-Request-Method": "POST"})
+        other = server.request("OPTIONS", "/pathway",
+                               headers={"Origin": OTHER, "Access-Control-Request-Method": "POST"})
         assert other.status == 403 and other.header("Access-Control-Allow-Origin") is None
