@@ -208,7 +208,11 @@ def test_class_hierarchy_counts_depth_and_keeps_to_the_given_class(client: Flask
 
 
 def conditions_of(row: dict[str, str | None]) -> set[frozenset[str]]:
-    return {frozenset(c.split(" AND ")) for c in (row["conditions"] or "").split(" OR ") if c}
+    """Conditions written "(a AND b) OR (c)": each one in parentheses, so AND and OR never mix."""
+    text = row["conditions"] or ""
+    alternatives = text.split(" OR ") if text else []
+    assert all(c.startswith("(") and c.endswith(")") and "(" not in c[1:-1] for c in alternatives), text
+    return {frozenset(c[1:-1].split(" AND ")) for c in alternatives}
 
 
 def test_pathway_rules(client: FlaskClient, stored: dict[str, dict[str, Any]],
