@@ -187,7 +187,11 @@ def delete_case(case_id: str) -> Response:
 @requires("cases:read")
 def stored_pathway(case_id: str) -> Response:
     answer = service().stored_answer(case_id, site())
-    return Response(json.dumps(answer, ensure_ascii=False), mimetype=JSON)
+    response = Response(json.dumps(answer, ensure_ascii=False), mimetype=JSON)
+    # Also in headers, for clients and proxies that do not read the body's new fields.
+    response.headers["ESI-Ontology-Version"] = answer["ontology_version"]
+    response.headers["ESI-Stale"] = "true" if answer["stale"] else "false"
+    return response
 
 
 @bp.get("/cases")

@@ -11,7 +11,7 @@ from pathlib import Path
 from .auth import SCOPES, TokenStore
 from .cdsauth import CdsClients
 from .config import ENGINES, Settings
-from .errors import MalformedInput, Problem
+from .errors import ESIError, MalformedInput, Problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +55,28 @@ def _parser() -> argparse.ArgumentParser:
     ld.add_argument("--workers", type=int, help="reasoning processes (default: ESI_REASONING_WORKERS or 2)")
     ld.add_argument("--engine", choices=ENGINES)
     ld.set_defaults(run=cmd_load)
+
+    r = sub.add_parser("reason", help="re-reason stored cases: those of older ontology versions (--stale)")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stale", action="store_true", help="cases reasoned with another ontology version")
+    which.add_argument("--all", action="store_true", help="every stored case")
+    r.add_argument("--site", action="append", help="only this site (repeatable; default: every site)")
+    r.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
+    r.add_argument("--batch", type=int, default=200, help="cases reasoned and switched together (default 200)")
+    r.add_argument("--workers", type=int, help="reasoning processes (default: ESI_REASONING_WORKERS or 2)")
+    r.add_argument("--engine", choices=ENGINES)
+    r.set_defaults(run=cmd_reason)
+
+    i = sub.add_parser("impact", help="what a proposed ontology would change: stored and regression cases")
+    i.add_argument("proposed", type=Path, help="the proposed ontology (Turtle)")
+    i.add_argument("--site", action="append", help="only this site's stored cases (repeatable; default: all)")
+    i.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
+    i.add_argument("--no-store", action="store_true", help="only the regression cases")
+    i.add_argument("--format", choices=("text", "json", "md"), default="text")
+    i.add_argument("--batch", type=int, default=200, help="cases compared together (default 200)")
+    i.add_argument("--workers", type=int, help="processes (default: ESI_REASONING_WORKERS or 2)")
+    i.add_argument("--engine", choices=ENGINES)
+    i.set_defaults(run=cmd_impact)
 
     t = sub.add_parser("token", help="make, list and revoke API tokens")
     tsub = t.add_subparsers(title="token commands")
@@ -134,6 +156,40 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
     return load_main(settings, args.path, args.site, max(1, args.batch), args.workers)
+
+
+def cmd_reason(args: argparse.Namespace, settings: Settings) -> int:
+    from .upgrade import reason_stale
+
+    if args.data_dir is not None:
+        settings = settings.with_(data_dir=args.data_dir)
+    try:
+        done = reason_stale(settings, args.site, args.batch, args.workers, everything=args.all)
+    except OSError as exc:  # RocksDB's lock: one process at a time writes a store
+        print(f"kgservice: cannot open the store in {settings.data_dir}: {exc}; is the service running "
+              "on it? Stop it first (see the README, 'Upgrading a running service')", file=sys.stderr)
+        return 2
+    except ESIError as exc:  # e.g. a site name that cannot exist
+        print(f"kgservice: {exc.detail}", file=sys.stderr)
+        return 2
+    json.dump([site.as_json() for site in done], sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 1 if any(site.rejected for site in done) else 0
+
+
+def cmd_impact(args: argparse.Namespace, settings: Settings) -> int:
+    from .impact import impact, render
+
+    if args.data_dir is not None:
+        settings = settings.with_(data_dir=args.data_dir)
+    try:
+        report = impact(settings, args.proposed, args.site, stored=not args.no_store, batch_size=args.batch,
+                        workers=args.workers)
+    except ESIError as exc:  # an ontology that does not load, a site that does not exist
+        print(f"kgservice: {exc.detail}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(report, args.format))
+    return 1 if report.failing else 0
 
 
 def _tokens(args: argparse.Namespace, settings: Settings) -> TokenStore:

@@ -118,14 +118,19 @@ def answer_schema(vocabulary: dict[str, list[dict[str, str]]]) -> Schema:
                     "best_relief_percent": number, "days_since_injection": nullable({"type": "integer"}), **why},
                    ["category", "baseline_score", "best_relief_percent", "days_since_injection"])
     response["description"] = "because and rule are given when a category was concluded"
-    return obj({
-        "case": STRING, "ontology_version": STRING, "response": response,
+    properties: dict[str, Schema] = {
+        "case": STRING, "ontology_version": STRING,
+        "stale": {"type": "boolean", "description": "a stored answer that another ontology version than the running "
+                                                    "one reasoned; `kgservice reason --stale` re-reasons it"},
+        "current_ontology_version": {**STRING, "description": "the running version, given when stale"},
+        "response": response,
         "pain_sources": concluded("pain_sources"),
         "failure_causes": concluded("failure_causes"),
         "pathways": {**concluded("pathways", urgency=nullable(codes_of(vocabulary["pathways.urgency"]))),
                      "description": "in the ontology's order of care: the urgent consultation first, surgery last"},
         "red_flags": {"type": "array", "items": obj({"code": STRING, "label": STRING})},
-    })
+    }
+    return obj(properties, [p for p in properties if p != "current_ontology_version"])
 
 
 def schemas(service: Service) -> dict[str, Schema]:
@@ -279,7 +284,11 @@ def paths(service: Service) -> dict[str, Schema]:
         },
         "/cases/{id}/pathway": {"parameters": [CASE_ID], "get": operation(
             "getCasePathway", "cases", "The answer for a stored case", {
-                "200": ok("The answer", ANSWER), **errors(404)})},
+                "200": ok("The answer as stored, with the ontology version that reasoned it",
+                          ANSWER,
+                          **{"ESI-Ontology-Version": "the version that reasoned the answer",
+                             "ESI-Stale": "true when that is not the running version"}),
+                **errors(404)})},
         "/vocabulary": {"get": operation("vocabulary", "ontology", "Every accepted code, and the codes answers use", {
             "200": ok("Codes with label, IRI and definition, by contract field", {JSON: ref("Vocabulary")})})},
         "/ontology": {"get": operation("ontology", "ontology", "The ontology", {

@@ -72,12 +72,13 @@ class AnswerBuilder:
         if category is not None:
             response.update(self._why(conclusions[(_CATEGORY, category)]))
 
-        answer: dict[str, Any] = {
-            "case": case_id,
-            "ontology_version": observed["version"].value if observed is not None and observed["version"] is not None
-            else self.ontology.version,
-            "response": response,
-        }
+        version = observed["version"].value if observed is not None and observed["version"] is not None else None
+        answer: dict[str, Any] = {"case": case_id, "ontology_version": version or self.ontology.version,
+                                  # a stored answer that another version reasoned: `kgservice reason --stale`
+                                  "stale": version != self.ontology.version}
+        if answer["stale"]:
+            answer["current_ontology_version"] = self.ontology.version
+        answer["response"] = response
         applicable = {v for (p, v) in conclusions if p == ESI.hasApplicablePathway}
         for prop, key in _FACETS.items():
             items = []

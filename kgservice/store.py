@@ -20,6 +20,7 @@ same protocol.
 from __future__ import annotations
 
 import ctypes
+import io
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,12 @@ _PATHWAY = ox.NamedNode(str(ESI.hasApplicablePathway))
 
 #: Counts of listed cases kept per site, one per filter (category, pathway) asked for.
 MAX_KEPT_COUNTS = 512
+#: Each case (the subject of its own asserted graph) with the version in its inferred graph.
+_CASE_VERSIONS = f"""PREFIX esi: <{ESI}>
+SELECT ?case ?version WHERE {{
+  GRAPH ?case {{ ?case a esi:PatientCase }}
+  OPTIONAL {{ GRAPH ?inferred {{ ?case esi:ontologyVersion ?version }} }}
+}}"""
 
 #: Quads a site writes before its RocksDB memtables are flushed to disk (about 650 cases).
 #: Oxigraph opens RocksDB with a 128 MB write buffer per column family, flushed only once two
@@ -134,11 +141,35 @@ class SiteStore(Protocol):
 
     def flush(self) -> None: ...
 
+    # -- versions: what ``kgservice reason --stale`` and ``kgservice impact`` need -----------------
+
+    def case_versions(self) -> list[tuple[str, str | None]]:
+        """Every stored case's id with the ontology version that reasoned it (None: none recorded)."""
+
+    def export(self, case_ids: Sequence[str], inferred: bool = True) -> bytes:
+        """The asserted (and inferred) graphs of these cases as N-Quads, in the store's graph names."""
+
+    def reinfer(self, updates: Sequence[Reinferred]) -> list[str]:
+        """Give re-reasoned cases their new inferred graphs, all in one transaction, each only if
+        it still has the version it was read at; the ids switched."""
+
+
+@dataclass(frozen=True)
+class Reinferred:
+    """A stored case re-reasoned: its new inferred graph, for the version it was read at."""
+
+    case_id: str
+    read_at: str | None  # the ontology version the case had when it was read (None: none recorded)
+    inferred: Sequence[ox.Triple]
+
 
 class SiteStores(Protocol):
     """The datasets of every site, opened on first use."""
 
     def site(self, site: str) -> SiteStore: ...
+
+    def names(self) -> list[str]:
+        """The sites that have a dataset."""
 
     def close(self) -> None: ...
 
@@ -167,12 +198,16 @@ class GraphView:
 class OxigraphSite:
     """One site's dataset in an Oxigraph store (on disk, or in memory when ``path`` is None)."""
 
-    def __init__(self, site: str, path: Path | None) -> None:
+    def __init__(self, site: str, path: Path | None, read_only: bool = False) -> None:
+        """``read_only`` opens a snapshot without the write lock: it works while a running
+        service holds the store (``kgservice impact``), and every write fails."""
         self.site = site
         self.path = path
-        if path is not None:
+        self.read_only = read_only and path is not None
+        if path is not None and not self.read_only:
             path.mkdir(parents=True, exist_ok=True)
-        self.store = ox.Store(str(path)) if path is not None else ox.Store()
+        self.store = (ox.Store.read_only(str(path)) if self.read_only else ox.Store(str(path))) \
+            if path is not None else ox.Store()
         self._write = threading.Lock()
         self.flush_after = FLUSH_AFTER_QUADS
         self._unflushed = 0
@@ -345,9 +380,59 @@ class OxigraphSite:
 
         return cast(T, run_forked(child, timeout_s))
 
+    # -- versions --------------------------------------------------------------------------
+
+    def case_versions(self) -> list[tuple[str, str | None]]:
+        """Every stored case's id with the ontology version it was reasoned with (None: not recorded).
+
+        One query, in the store's own order: 0.3 s at 100k cases."""
+        rows = self.store.query(_CASE_VERSIONS, use_default_graph_as_union=False)
+        return [(_tail(row["case"].value), row["version"].value if row["version"] is not None else None)
+                for row in solutions(rows)]
+
+    def export(self, case_ids: Sequence[str], inferred: bool = True) -> bytes:
+        """The asserted (and inferred) graphs of these cases as N-Quads, serialized by Oxigraph."""
+        out = io.BytesIO()
+        for case_id in case_ids:
+            graphs = CaseGraphs.of(self.site, case_id)
+            for graph in (graphs.asserted, graphs.inferred) if inferred else (graphs.asserted,):
+                ox.serialize(self.store.quads_for_pattern(None, None, None, graph), out, ox.RdfFormat.N_QUADS)
+        return out.getvalue()
+
+    def reinfer(self, updates: Sequence[Reinferred]) -> list[str]:
+        """Switch re-reasoned cases to their new inferred graphs, all in one transaction.
+
+        A case is switched only if it still has the version it was read at: one replaced or
+        deleted meanwhile keeps what its writer stored. The asserted graphs are left as they
+        are. Returns the ids switched."""
+        quads: list[ox.Quad] = []
+        drops: list[str] = []
+        switched: list[str] = []
+        recount: list[tuple[_Facets | None, _Facets]] = []
+        with self._writing(2 * sum(len(u.inferred) for u in updates)):
+            for update in updates:
+                graphs = CaseGraphs.of(self.site, update.case_id)
+                if not self.store.contains_named_graph(graphs.asserted) or \
+                        self._version(graphs) != update.read_at:
+                    continue
+                drops.append(f"DROP SILENT GRAPH {graphs.inferred}")
+                quads.extend(_in(update.inferred, graphs.inferred))
+                switched.append(update.case_id)
+                recount.append((self._stored_facets(graphs), _facets(graphs.asserted, update.inferred)))
+            if switched:
+                self.store.update(" ; ".join([*drops, _insert_data(quads)]))
+                for before, after in recount:  # the kept counts of GET /cases follow the new answers
+                    self._recount(before, after)
+        return switched
+
+    def _version(self, graphs: CaseGraphs) -> str | None:
+        for quad in self.store.quads_for_pattern(graphs.asserted, _VERSION, None, graphs.inferred):
+            return str(cast(ox.Literal, quad.object).value)
+        return None
+
     def flush(self) -> None:
         """Write the memtables to disk, then hand the memory they held back to the OS."""
-        if self.path is not None:
+        if self.path is not None and not self.read_only:
             self.store.flush()
             release_freed_memory()
 
@@ -456,8 +541,9 @@ def open_stores(settings: Any) -> SiteStores:
 class Stores:
     """The Oxigraph datasets of every site, opened on first use (``data_dir/sites/<site>``)."""
 
-    def __init__(self, data_dir: Path | None) -> None:
+    def __init__(self, data_dir: Path | None, read_only: bool = False) -> None:
         self.data_dir = data_dir
+        self.read_only = read_only
         self._sites: dict[str, OxigraphSite] = {}
         self._open = threading.Lock()
 
@@ -468,8 +554,17 @@ class Stores:
             found = self._sites.get(site)
             if found is None:
                 path = self.data_dir / "sites" / site if self.data_dir is not None else None
-                found = self._sites[site] = OxigraphSite(site, path)
+                if self.read_only and (path is None or not path.is_dir()):
+                    raise NotFound(f"no site {site!r}")
+                found = self._sites[site] = OxigraphSite(site, path, self.read_only)
             return found
+
+    def names(self) -> list[str]:
+        """The sites that have a dataset (on disk, or opened in memory)."""
+        on_disk = self.data_dir / "sites" if self.data_dir is not None else None
+        found = {p.name for p in on_disk.iterdir() if p.is_dir() and SITE_PATTERN.match(p.name)} \
+            if on_disk is not None and on_disk.is_dir() else set()
+        return sorted(found | set(self._sites))
 
     def close(self) -> None:
         with self._open:

@@ -40,7 +40,8 @@ PROBLEM = "application/problem+json"
 RESULTS_JSON = "application/sparql-results+json"
 RDF_MEDIA = {"text/turtle": ox.RdfFormat.TURTLE, "application/ld+json": ox.RdfFormat.JSON_LD,
              "application/n-triples": ox.RdfFormat.N_TRIPLES}
-ANSWER_KEYS = {"case", "ontology_version", "response", "pain_sources", "failure_causes", "pathways", "red_flags"}
+ANSWER_KEYS = {"case", "ontology_version", "stale", "response", "pain_sources", "failure_causes", "pathways",
+               "red_flags"}
 RESPONSE_KEYS = {"category", "baseline_score", "best_relief_percent", "days_since_injection"}
 
 
