@@ -17,7 +17,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,10 +26,11 @@ from rdflib import BNode, Graph, URIRef
 from .batches import Progress, chunked, map_batches
 from .cases import case_iri
 from .config import Settings
-from .errors import ESIError, InvalidCase
+from .errors import InvalidCase, Problem
 from .kb import KnowledgeBase
 from .ontology import Ontology, local_name
 from .pathways import AnswerBuilder
+from .regression import RegressionCase, regression_cases, unmet
 from .store import CaseGraphs, GraphView, Stores
 from .upgrade import cases_from_nquads
 
@@ -170,17 +170,20 @@ class Comparer:
         return out
 
     def regression(self, cases: Sequence[RegressionCase]) -> list[CaseImpact]:
+        """Each regression case under both ontologies, and what the proposed answer misses."""
         current = KnowledgeBase.from_settings(self.current_settings)
+        befores = current.process([reg.case for reg in cases])
+        afters = self.proposed.process([reg.case for reg in cases])
         out = []
-        for reg in cases:
-            before = current.answer_json(reg.case)
-            try:
-                read = self.proposed.read_json(reg.case)
-            except ESIError as exc:
-                out.append(self.impact(reg.case.get("id", "?"), reg.origin, before, None, exc.problem()))
-                continue
-            [found] = self._against([read], {read.id: before}, reg.origin)
-            found.unmet = unmet(reg.expect, found.after)
+        for reg, before, after in zip(cases, befores, afters, strict=True):
+            if isinstance(before, Problem):  # not valid under the running ontology either
+                found = CaseImpact(reg.name, reg.origin, ["rejected now"], None, None)
+            elif isinstance(after, Problem):
+                found = self.impact(reg.name, reg.origin, before.answer, None, after.problem())
+            else:
+                found = self.impact(reg.name, reg.origin, before.answer, after.answer)
+            found.unmet = unmet(after.answer, reg.expect) if not isinstance(after, Problem) else [
+                f"the case is rejected: {after.problem().get('detail') or after.problem().get('title')}"]
             out.append(found)
         return out
 
@@ -196,58 +199,6 @@ def _init_worker(current: Settings, proposed: Settings) -> None:
 def _compare_batch(batch: tuple[str, bytes]) -> list[CaseImpact]:
     assert _comparer is not None, "the worker was not initialised"
     return _comparer.stored(*batch)
-
-
-# -- regression cases ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RegressionCase:
-    origin: str
-    case: dict[str, Any]
-    expect: dict[str, Any]
-
-
-def regression_dir() -> Path:
-    """The shipped regression cases: bundled in a wheel, else the repository's ``tests/data``."""
-    bundled = Path(str(resources.files("kgservice"))) / "_data" / "regression"
-    return bundled if bundled.is_dir() else Path(__file__).resolve().parent.parent / "tests" / "data"
-
-
-def regression_cases(root: Path | None = None) -> list[RegressionCase]:
-    """Every case with an expected answer under ``root``: JSON files holding ``{"case", "expect"}``
-    objects (one, a list, or a list under ``"cases"``)."""
-    root = root or regression_dir()
-    found = []
-    for path in sorted(root.rglob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        items = data.get("cases", [data]) if isinstance(data, dict) else data if isinstance(data, list) else []
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("case"), dict) and isinstance(item.get("expect"), dict):
-                found.append(RegressionCase(str(path.relative_to(root)), item["case"], item["expect"]))
-    return found
-
-
-def unmet(expect: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
-    """What of ``expect`` the answer (summarised) does not give: lists of pathways in their
-    order, other lists as sets."""
-    if after is None:
-        return ["the case is rejected"]
-    misses = []
-    for key, want in expect.items():
-        if key not in after:
-            continue  # not something an answer summary holds
-        got = after[key]
-        if key == "pathways" or not isinstance(want, list):
-            same = got == want
-        else:
-            same = sorted(got) == sorted(want)
-        if not same:
-            misses.append(f"{key}: expected {want}, got {got}")
-    return misses
 
 
 # -- the report ----------------------------------------------------------------------------------------

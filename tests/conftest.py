@@ -13,26 +13,15 @@ import pytest
 
 from kgservice.config import Settings
 from kgservice.kb import KnowledgeBase
-
-#: The injection date of every factory-made case; pain scores are given as days after it.
-INJECTION_DATE = dt.date(2026, 6, 10)
+from kgservice.regression import base_case
 
 #: A minimal valid case: a primary non-responder (baseline 8, still 8 on day 14), nerve-root pain.
-BASE_CASE: dict[str, Any] = {
-    "id": "test-case",
-    "age": 60,
-    "sex": "female",
-    "pain_regions": ["lower-back", "leg"],
-    "diagnoses": ["radiculopathy"],
-    "findings": [],
-    "prior_spinal_surgery": False,
-    "injection": {"date": INJECTION_DATE.isoformat(), "approach": "transforaminal", "spinal_region": "lumbar"},
-    "pain_scores": [{"date": INJECTION_DATE.isoformat(), "score": 8},
-                    {"date": (INJECTION_DATE + dt.timedelta(days=14)).isoformat(), "score": 8}],
-    "red_flags": [],
-    "treatments_tried": [],
-    "diagnostic_blocks": [],
-}
+#: The rule cases of tests/data/rules overlay it; it is kept as data (tests/data/base-case.json) for them and for
+#: `kgservice impact` (see kgservice.regression).
+BASE_CASE: dict[str, Any] = base_case()
+
+#: The injection date of every factory-made case; pain scores are given as days after it.
+INJECTION_DATE = dt.date.fromisoformat(BASE_CASE["injection"]["date"])
 
 
 class CaseFactory:

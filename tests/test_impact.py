@@ -17,8 +17,9 @@ from lifecycle_util import ONTOLOGY_1_0, generated_cases, store_under_1_0, store
 from rdflib import Graph, Literal
 
 from kgservice.config import Settings
-from kgservice.impact import impact, regression_cases, render
+from kgservice.impact import impact, render
 from kgservice.ontology import ESI
+from kgservice.regression import regression_cases, unmet
 from kgservice.service import Service
 
 
@@ -92,11 +93,13 @@ def test_impact_reads_a_store_a_running_service_holds(store: Settings, tmp_path:
         service.close()
 
 
-def test_the_regression_cases_are_found() -> None:
+def test_the_regression_cases_are_found_and_pass_under_the_shipped_ontology(kb) -> None:
     cases = regression_cases()
     origins = {c.origin.split("/")[0] for c in cases}
-    assert "vignettes" in origins and len(cases) >= 10
-    assert all(c.case.get("id") and c.expect for c in cases)
+    assert origins == {"vignettes", "rules"} and len(cases) >= 150
+    answers = kb.process([c.case for c in cases])
+    assert [(c.name, unmet(a.answer, c.expect)) for c, a in zip(cases, answers, strict=True)
+            if unmet(a.answer, c.expect)] == []
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -116,7 +119,7 @@ def test_the_curator_command_runs_the_regression_cases_against_any_file(tmp_path
     broken = run_cli(str(lax), "--no-store")
     assert broken.returncode == 1, broken.stderr
     assert "miss their expected answer" in broken.stdout
-    assert "p03 (vignettes/p03-responder.json): category: expected responder" in broken.stdout
+    assert "p03-responder (vignettes/p03-responder.json): category: expected responder" in broken.stdout
 
     missing = run_cli(str(tmp_path / "nothing.ttl"), "--no-store")
     assert missing.returncode == 2 and "cannot read ontology" in missing.stderr

@@ -16,13 +16,9 @@ from typing import Any
 import pytest
 
 from kgservice.kb import KnowledgeBase
+from kgservice.regression import EXPECT_KEYS, build_case, unmet
 
 RULE_FILES = sorted((Path(__file__).parent / "data" / "rules").glob("*.json"))
-#: What an ``expect`` object may state; anything else is a typo in a case file.
-EXPECT_KEYS = {"category", "pathways", "pathways_include", "pathways_exclude", "pain_sources", "failure_causes",
-               "red_flags", "urgency", "response", "because"}
-
-
 def load_cases() -> list[Any]:
     params = []
     for path in RULE_FILES:
@@ -36,56 +32,13 @@ CASES = load_cases()
 
 def build(make_case: Any, overlay: dict[str, Any]) -> dict[str, Any]:
     """The contract case of an overlay: ``scores`` as ``[day, score]``, block dates as ``day``."""
-    fields = dict(overlay)
-    blocks = fields.pop("diagnostic_blocks", None)
-    if blocks is not None:
-        fields["diagnostic_blocks"] = [
-            {"target": b["target"], "date": make_case.day(b["day"]) if "day" in b else b["date"],
-             "relief_percent": b["relief_percent"]} for b in blocks]
-    scores = fields.pop("scores", None)
-    return make_case(scores=[tuple(s) for s in scores] if scores is not None else None, **fields)
-
-
-def codes(items: list[dict[str, Any]]) -> list[str]:
-    return [item["code"] for item in items]
+    return build_case(overlay, make_case())
 
 
 def check_answer(answer: dict[str, Any], expect: dict[str, Any]) -> None:
-    """Every statement of ``expect`` holds for ``answer``."""
-    pathways = codes(answer["pathways"])
-    if "category" in expect:
-        assert answer["response"]["category"] == expect["category"]
-    if "pathways" in expect:
-        assert pathways == expect["pathways"]
-    for code in expect.get("pathways_include", []):
-        assert code in pathways, f"{code} not among {pathways}"
-    for code in expect.get("pathways_exclude", []):
-        assert code not in pathways, f"{code} offered: {pathways}"
-    for key in ("pain_sources", "failure_causes"):
-        if key in expect:
-            assert sorted(codes(answer[key])) == sorted(expect[key]), key
-    if "red_flags" in expect:
-        assert codes(answer["red_flags"]) == expect["red_flags"]
-    urgency = {p["code"]: p["urgency"] for p in answer["pathways"]}
-    for code, level in expect.get("urgency", {}).items():
-        assert urgency.get(code) == level, f"{code}: {urgency.get(code)}, not {level}"
-    for key, value in expect.get("response", {}).items():
-        assert answer["response"][key] == pytest.approx(value, abs=0.005), key
-    for what, parts in expect.get("because", {}).items():
-        reasons = reasons_of(answer, what)
-        for part in parts:
-            assert any(part in reason for reason in reasons), f"{what}: {part!r} not in {reasons}"
-
-
-def reasons_of(answer: dict[str, Any], what: str) -> list[str]:
-    """The reasons of the response (``what`` = "response") or of the conclusion with code ``what``."""
-    if what == "response":
-        return answer["response"]["because"]  # type: ignore[no-any-return]
-    for key in ("pathways", "failure_causes", "pain_sources"):
-        for item in answer[key]:
-            if item["code"] == what:
-                return item["because"]  # type: ignore[no-any-return]
-    raise AssertionError(f"{what} is not concluded")
+    """Every statement of ``expect`` holds for ``answer`` (judged as ``kgservice impact`` judges it)."""
+    problems = unmet(answer, expect)
+    assert not problems, problems
 
 
 def check_explained(kb: KnowledgeBase, answer: dict[str, Any]) -> None:
