@@ -149,7 +149,7 @@ class Comparer:
         """The impact on stored cases, given their asserted and inferred graphs as N-Quads."""
         store = ox.Store()
         store.load(data, format=ox.RdfFormat.N_QUADS)
-        read = list(cases_from_nquads(data))
+        read = list(cases_from_nquads(data, self.proposed.contract))
         befores = {}
         for case in read:
             graphs = CaseGraphs.of(site, case.id)

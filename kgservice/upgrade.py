@@ -22,6 +22,7 @@ from rdflib import Graph, URIRef
 from .batches import Progress, chunked, map_batches
 from .cases import CaseGraph, case_id_of
 from .config import Settings
+from .contract import Contract
 from .errors import InvalidCase
 from .kb import KnowledgeBase
 from .store import Reinferred, SiteStore, Stores
@@ -51,7 +52,7 @@ def stale_cases(store: SiteStore, version: str) -> list[tuple[str, str | None]]:
     return [(case_id, seen) for case_id, seen in store.case_versions() if seen != version]
 
 
-def cases_from_nquads(data: bytes) -> Iterator[CaseGraph]:
+def cases_from_nquads(data: bytes, contract: Contract) -> Iterator[CaseGraph]:
     """The cases whose asserted graphs ``data`` holds (each graph is named by its case's IRI;
     inferred graphs, named ``<case IRI>/inferred``, are left out)."""
     graphs: dict[str, Graph] = {}
@@ -62,7 +63,7 @@ def cases_from_nquads(data: bytes) -> Iterator[CaseGraph]:
         graphs.setdefault(name.value, Graph()).add((from_ox(quad.subject), from_ox(quad.predicate),
                                                    from_ox(quad.object)))
     for iri, graph in graphs.items():
-        yield CaseGraph(iri=URIRef(iri), id=case_id_of(URIRef(iri)), graph=graph)
+        yield CaseGraph(iri=URIRef(iri), id=case_id_of(URIRef(iri)), graph=graph, contract=contract)
 
 
 # -- worker side -------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def reason_stored(batch: Batch) -> list[tuple[str, bytes | dict[str, Any]]]:
     """For each case of the batch: (id, its new inferred graph as N-Triples) or (id, its problem)."""
     assert _kb is not None, "the worker was not initialised"
     _site, data = batch
-    read = list(cases_from_nquads(data))
+    read = list(cases_from_nquads(data, _kb.contract))
     out: list[tuple[str, bytes | dict[str, Any]]] = []
     valid = []
     for case, problems in zip(read, _kb.check_many(read), strict=True):
