@@ -31,7 +31,7 @@ from .kb import KnowledgeBase
 from .ontology import Ontology, local_name
 from .pathways import AnswerBuilder
 from .regression import RegressionCase, regression_cases, unmet
-from .store import CaseGraphs, GraphView, Stores
+from .store import CaseGraphs, GraphView, Stores, open_stores
 from .upgrade import cases_from_nquads
 
 #: The contract's lists of conclusions, with the word for one of their items.
@@ -253,8 +253,9 @@ def impact(current: Settings, proposed_path: Path, sites: Sequence[str] | None =
     bar = Progress(0, "compared", progress)
     report = Report(comparer.current_ontology.version, comparer.proposed.version, comparer.terms)
     report.regression = comparer.regression(regression_cases(regression_root))
-    if stored and (current.data_dir / "sites").is_dir():
-        stores = Stores(current.data_dir, read_only=True)
+    remote = current.store == "sparql"
+    if stored and (remote or (current.data_dir / "sites").is_dir()):
+        stores = open_stores(current) if remote else Stores(current.data_dir, read_only=True)
         todo = [(site, case_id) for site in (sites if sites is not None else stores.names())
                 for case_id, _ in stores.site(site).case_versions()]
         bar.total = len(todo)
@@ -265,9 +266,12 @@ def impact(current: Settings, proposed_path: Path, sites: Sequence[str] | None =
                 for site in dict.fromkeys(s for s, _ in chunk):
                     yield site, stores.site(site).export([c for s, c in chunk if s == site])
 
-        for impacts in map_batches(_compare_batch, batches(), n_workers, _init_worker, (current, proposed)):
-            report.add(impacts)
-            bar.advance(len(impacts))
+        try:
+            for impacts in map_batches(_compare_batch, batches(), n_workers, _init_worker, (current, proposed)):
+                report.add(impacts)
+                bar.advance(len(impacts))
+        finally:
+            stores.close()
         bar.finish()
     report.seconds = bar.seconds
     return report

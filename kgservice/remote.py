@@ -32,7 +32,7 @@ from .errors import Conflict, ESIError, NotFound, QueryError
 from .isolation import TimeLimit
 from .ontology import ESI, Triple
 from .sitequery import ONTOLOGY_GRAPHS, case_prefix, confine, union_graph
-from .store import QueryScope, _list_pattern
+from .store import QueryScope, Reinferred, _list_pattern
 from .terms import QueryResult, Selects, Substitutions, solutions, triples_to_ox
 
 T = TypeVar("T")
@@ -195,6 +195,40 @@ class SparqlSite:
             return cast(QueryResult, iter([q.triple for q in ox.parse(body, format=ox.RdfFormat.N_TRIPLES)]))
         return ox.parse_query_results(body, format=ox.QueryResultsFormat.JSON)
 
+    # -- versions (kgservice reason --stale, kgservice impact) ------------------------------------
+
+    def case_versions(self) -> list[tuple[str, str | None]]:
+        rows = self._select(f"SELECT DISTINCT ?case ?version WHERE {{ GRAPH {self.union} {{ "
+                            f"?case a <{ESI.PatientCase}> OPTIONAL {{ ?case {_VERSION} ?version }} }} }}")
+        return [(row["case"].value.rsplit("/", 1)[-1], row["version"].value if row["version"] is not None else None)
+                for row in rows]
+
+    def export(self, case_ids: Sequence[str], inferred: bool = True) -> bytes:
+        quads: list[ox.Quad] = []
+        for start in range(0, len(case_ids), _EXPORT_CHUNK):
+            graphs = [g for case_id in case_ids[start:start + _EXPORT_CHUNK]
+                      for g in _graphs(self.site, case_id)[:2 if inferred else 1]]
+            rows = self._select(f"SELECT ?g ?s ?p ?o WHERE {{ VALUES ?g {{ {' '.join(graphs)} }} "
+                                "GRAPH ?g { ?s ?p ?o } }")
+            quads.extend(ox.Quad(_unskolem(r["s"]), r["p"], _unskolem(r["o"]), r["g"]) for r in rows)
+        return cast(bytes, ox.serialize(quads, format=ox.RdfFormat.N_QUADS))
+
+    def reinfer(self, updates: Sequence[Reinferred]) -> list[str]:
+        """Each case replaced in one operation, if it still has the version it was read at when
+        checked just before: a remote store gives no transaction across the check and the write."""
+        switched = []
+        for update in updates:
+            try:
+                asserted, inferred = self.read(update.case_id)
+            except NotFound:
+                continue
+            seen = next((t.object.value for t in inferred if t.predicate.value == str(ESI.ontologyVersion)
+                         and isinstance(t.object, ox.Literal)), None)
+            if seen == update.read_at:
+                self.replace(update.case_id, asserted, update.inferred)
+                switched.append(update.case_id)
+        return switched
+
     # -- writing: each one SPARQL Update operation --------------------------------------------
 
     def set_ontology(self, version: str, ontology: Iterable[Triple], closure: Iterable[Triple]) -> None:
@@ -320,6 +354,8 @@ class SparqlSite:
 _NEW = "GRAPH ?ng { ?ns ?np ?no } GRAPH ?nu { ?ns ?np ?no }"
 _OLD = f"GRAPH ?og {{ ?os ?op ?oo }} GRAPH ?ou {{ ?os ?op ?oo }} GRAPH ?ow {{ ?oa {_WRITTEN_BY} ?ot }}"
 _DATA_CHUNK = 2000
+#: Cases read by one query when a batch is exported.
+_EXPORT_CHUNK = 50
 #: How often a create tries to claim an id that other writers claim at the same moment.
 CLAIM_ATTEMPTS = 8
 #: A claim older than this with no case written belongs to a writer that died.
@@ -386,6 +422,14 @@ class SparqlStores:
         if found is None:
             found = self._sites[site] = SparqlSite(site, self.client)
         return found
+
+    def names(self) -> list[str]:
+        """The sites with cases in the store (each has a union graph)."""
+        base = union_graph("")
+        rows = self.client.query(f"SELECT DISTINCT ?g WHERE {{ GRAPH ?g {{ ?case a <{ESI.PatientCase}> }} "
+                                 f'FILTER(STRSTARTS(STR(?g), "{base}")) }}', RESULTS_JSON)
+        found = ox.parse_query_results(rows, format=ox.QueryResultsFormat.JSON)
+        return sorted({row["g"].value[len(base):] for row in cast(ox.QuerySolutions, found)} | set(self._sites))
 
     def close(self) -> None:
         self.client.close()

@@ -25,7 +25,7 @@ from .config import Settings
 from .contract import Contract
 from .errors import InvalidCase
 from .kb import KnowledgeBase
-from .store import Reinferred, SiteStore, Stores
+from .store import Reinferred, SiteStore, open_stores
 from .terms import from_ox, serialized, triple_to_ox
 
 Batch = tuple[str, bytes]  # (site, the asserted graphs of some cases as N-Quads)
@@ -104,7 +104,7 @@ def reason_stale(settings: Settings, sites: Sequence[str] | None = None, batch_s
 
     ``everything`` re-reasons every case, stale or not."""
     kb = KnowledgeBase.from_settings(settings)
-    stores = Stores(settings.data_dir)
+    stores = open_stores(settings)
     n_workers = workers if workers is not None else (settings.reasoning_workers or 2)
     try:
         results = []

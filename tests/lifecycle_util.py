@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from kgservice.bulk import load
 from kgservice.config import Settings
 from kgservice.kb import KnowledgeBase
 from kgservice.ontology import ESI
+from kgservice.store import Stores
 
 DATA = Path(__file__).parent / "data"
 ONTOLOGY_1_0 = DATA / "ontology" / "esi-1.0.0.ttl"
@@ -27,19 +29,20 @@ BENCH = Path(__file__).parent.parent / "bench"
 
 
 def generated_cases(n: int, prefix: str = "syn", seed: int = 7) -> list[dict[str, Any]]:
-    """``n`` of the benchmark's seeded synthetic cases (valid under 1.0 and since)."""
+    """``n`` of the benchmark's seeded synthetic cases."""
     sys.path.insert(0, str(BENCH))
     try:
         from generator import CaseGenerator
     finally:
         sys.path.remove(str(BENCH))
-    vocabulary = KnowledgeBase.from_settings(Settings(ontology_path=ONTOLOGY_1_0)).vocabulary["input"]
+    vocabulary = KnowledgeBase.from_settings(Settings()).vocabulary["input"]
     return list(CaseGenerator(vocabulary, seed=seed).cases(n, prefix))
 
 
-def store_under_1_0(data_dir: Path, cases: list[dict[str, Any]], site: str = "default") -> Settings:
-    """Load ``cases`` into ``site`` with the 1.0 ontology, as ``kgservice load`` did; its settings."""
-    settings = Settings(ontology_path=ONTOLOGY_1_0, data_dir=data_dir, auth_required=False)
+def store_under_1_0(data_dir: Path, cases: list[dict[str, Any]], site: str = "default",
+                    ontology: Path | None = None) -> Settings:
+    """Load ``cases`` into ``site`` with this code and ``ontology`` (default: the shipped one); its settings."""
+    settings = Settings(data_dir=data_dir, auth_required=False, **({"ontology_path": ontology} if ontology else {}))
     data_dir.mkdir(parents=True, exist_ok=True)
     source = data_dir / f"cases-{site}.jsonl"
     source.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
@@ -49,15 +52,20 @@ def store_under_1_0(data_dir: Path, cases: list[dict[str, Any]], site: str = "de
     return settings
 
 
-def newer_ontology(tmp_path: Path) -> Path:
-    """The shipped ontology, or, while it is still byte for byte 1.0, a copy with one edit:
-    any edit makes a new version (its digest changes)."""
-    shipped = Settings().ontology_path
-    if shipped.read_bytes() != ONTOLOGY_1_0.read_bytes():
-        return shipped
-    copy = tmp_path / "esi-newer.ttl"
-    copy.write_bytes(shipped.read_bytes() + b"\n# a curator's edit\n")
-    return copy
+#: The sites of the previous release's store (tests/data/stores/README.md) and their cases.
+PREVIOUS_SITES = {"default": 151, "south": 10}
+
+
+def previous_release_store(data_dir: Path) -> Settings:
+    """The store the 1.0 release wrote (tests/data/stores), in ``data_dir``; the shipped settings."""
+    stores = Stores(data_dir)
+    try:
+        for site, cases in PREVIOUS_SITES.items():
+            body = gzip.decompress((DATA / "stores" / f"esi-1.0.0-{site}.nq.gz").read_bytes())
+            stores.site(site).load_nquads(body, cases)
+    finally:
+        stores.close()
+    return Settings(data_dir=data_dir, auth_required=False)
 
 
 def stored_versions(site_dir: Path) -> dict[str, list[str]]:

@@ -1,7 +1,7 @@
-"""``kgservice impact``: a proposed ontology's effect on a store written under 1.0, and on the regression cases.
+"""``kgservice impact``: a proposed ontology's effect on stored cases and on the regression cases.
 
-The running ontology is 1.0 (``tests/data/ontology/esi-1.0.0.ttl``); the proposals are copies of
-it with one curator's edit, so that what must change is known.
+The proposals are copies of the shipped ontology with one curator's edit, so that what must
+change is known; and the shipped ontology itself against the store the 1.0 release wrote.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle_util import ONTOLOGY_1_0, generated_cases, store_under_1_0, stored_versions
+from lifecycle_util import generated_cases, previous_release_store, store_under_1_0, stored_versions
 from rdflib import Graph, Literal
 
 from kgservice.config import Settings
@@ -21,6 +21,8 @@ from kgservice.impact import impact, render
 from kgservice.ontology import ESI
 from kgservice.regression import regression_cases, unmet
 from kgservice.service import Service
+
+SHIPPED = Settings().ontology_path
 
 
 def with_threshold(source: Path, percent: int, out: Path) -> Path:
@@ -33,7 +35,7 @@ def with_threshold(source: Path, percent: int, out: Path) -> Path:
 
 @pytest.fixture
 def store(tmp_path: Path, make_case) -> Settings:
-    """A 1.0 store: 20 generated cases and one provisional responder (62.5 % relief on day 14)."""
+    """A store of 20 generated cases and one provisional responder (62.5 % relief on day 14)."""
     cases = [*generated_cases(20), make_case(id="borderline", scores=[(0, 8), (14, 3)])]
     return store_under_1_0(tmp_path / "data", cases)
 
@@ -44,7 +46,7 @@ def by_case(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_a_stricter_threshold_on_a_1_0_store(store: Settings, tmp_path: Path) -> None:
     before = stored_versions(store.data_dir / "sites" / "default")
-    proposed = with_threshold(ONTOLOGY_1_0, 70, tmp_path / "strict.ttl")
+    proposed = with_threshold(SHIPPED, 70, tmp_path / "strict.ttl")
     report = impact(store, proposed, workers=0, progress=None)
     found = report.as_json()
 
@@ -63,7 +65,7 @@ def test_a_stricter_threshold_on_a_1_0_store(store: Settings, tmp_path: Path) ->
     assert sum(n for kind, n in counts.items() if kind != "unchanged") >= found["stored"]["changed"] >= 1
     assert counts.get("unchanged", 0) + found["stored"]["changed"] == 21
     assert found["stored"]["category_transitions"]["provisional-responder → primary-non-responder"] >= 1
-    # nothing in the store changed: every case still at its 1.0 version
+    # nothing in the store changed: every case still at the version it was stored with
     assert stored_versions(store.data_dir / "sites" / "default") == before
 
     text, md = render(report, "text"), render(report, "md")
@@ -75,7 +77,7 @@ def test_a_stricter_threshold_on_a_1_0_store(store: Settings, tmp_path: Path) ->
 
 def test_an_unchanged_copy_changes_nothing(store: Settings, tmp_path: Path) -> None:
     copy = tmp_path / "same.ttl"
-    copy.write_bytes(ONTOLOGY_1_0.read_bytes())
+    copy.write_bytes(SHIPPED.read_bytes())
     found = impact(store, copy, workers=0, progress=None).as_json()
     assert found["stored"]["counts"] == {"unchanged": 21} and found["stored"]["impacts"] == []
     assert found["terms"] == {"added": [], "removed": [], "changed": []}
@@ -85,7 +87,7 @@ def test_impact_reads_a_store_a_running_service_holds(store: Settings, tmp_path:
     service = Service(store)
     try:
         service.site_store("default")  # the write lock is taken, as by `kgservice serve`
-        proposed = with_threshold(ONTOLOGY_1_0, 70, tmp_path / "strict.ttl")
+        proposed = with_threshold(SHIPPED, 70, tmp_path / "strict.ttl")
         found = impact(store, proposed, workers=1, progress=None).as_json()  # and a worker process
         assert "borderline" in by_case(found) and found["stored"]["cases"] == 21
         assert service.stored_answer("borderline", "default")["response"]["category"] == "provisional-responder"
@@ -126,11 +128,11 @@ def test_the_curator_command_runs_the_regression_cases_against_any_file(tmp_path
 
 
 def test_the_cli_shows_progress_and_every_format(store: Settings, tmp_path: Path) -> None:
-    proposed = with_threshold(ONTOLOGY_1_0, 70, tmp_path / "strict.ttl")
+    proposed = with_threshold(SHIPPED, 70, tmp_path / "strict.ttl")
     env_run = subprocess.run(
         [sys.executable, "-m", "kgservice.cli", "impact", str(proposed), "--data-dir", str(store.data_dir),
          "--format", "md", "--workers", "1"], capture_output=True, text=True, timeout=300,
-        env={**_env(), "ESI_ONTOLOGY_PATH": str(ONTOLOGY_1_0)})
+        env=_env())
     assert env_run.returncode in (0, 1), env_run.stderr
     assert "compared" in env_run.stderr and "21/21" in env_run.stderr
     assert env_run.stdout.startswith("# Impact of ") and "**borderline**" in env_run.stdout
@@ -140,3 +142,14 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("ESI_")}
+
+
+def test_impact_of_the_shipped_ontology_on_the_store_of_the_1_0_release(tmp_path: Path) -> None:
+    """The stored 1.0 answers against the running rules (1.1): the review's changes show."""
+    settings = previous_release_store(tmp_path / "data")
+    found = impact(settings, SHIPPED, sites=["default"], workers=0, progress=None).as_json()
+    assert found["stored"]["cases"] == 151 and found["stored"]["changed"] >= 1
+    assert all(c["before"]["category"] is not None for c in found["stored"]["impacts"])  # the 1.0 answers, read
+    added = {d["code"] for c in found["stored"]["impacts"] for d in c["differences"] if d["kind"] == "pathway added"}
+    assert "repeat-epidural-injection" in added  # rules 1.1: a repeat injection for secondary non-responders
+    assert found["regression"]["failing"] == 0

@@ -15,92 +15,85 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle_util import generated_cases, kgservice, lines, newer_ontology, store_under_1_0, stored_versions
+from lifecycle_util import ONTOLOGY_1_0, kgservice, lines, previous_release_store, stored_versions
 
 from kgservice.api import create_app
 from kgservice.config import Settings
 from kgservice.kb import KnowledgeBase
+from kgservice.ontology import Ontology
 from kgservice.service import Service
 from kgservice.terms import triple_to_ox
-from kgservice.upgrade import reason_stale
+from kgservice.upgrade import cases_from_nquads, reason_stale
 
 SPARQL_JSON = "application/sparql-results+json"
-#: Cases of the store killed mid-run: enough for the run to last a while at 2 cases a batch.
-KILL_CASES = 150
+
+
+OLD_VERSION = Ontology.load(ONTOLOGY_1_0).version
 
 
 @pytest.fixture
-def upgraded(tmp_path: Path) -> tuple[Settings, Settings, list[dict[str, Any]]]:
-    """A store written under 1.0 (20 cases in site default, 10 in south); the settings of a newer version."""
-    cases = generated_cases(30)
-    old = store_under_1_0(tmp_path / "data", cases[:20], site="default")
-    store_under_1_0(tmp_path / "data", cases[20:], site="south")
-    return old, old.with_(ontology_path=newer_ontology(tmp_path)), cases
+def upgraded(tmp_path: Path) -> Settings:
+    """The store the 1.0 release wrote (151 cases in site default, 10 in south), opened by this one."""
+    return previous_release_store(tmp_path / "data")
 
 
-def fresh_answers(settings: Settings, cases: list[dict[str, Any]], site: str) -> dict[str, dict[str, Any]]:
-    kb = KnowledgeBase.from_settings(settings)
-    reasoned = kb.reason([kb.read_json(c, site=site) for c in cases])
-    return {r.case.id: r.answer for r in reasoned}
+def fresh_answers(service: Service, site: str) -> dict[str, dict[str, Any]]:
+    """What the running version answers for each stored case, reasoned from its case JSON now."""
+    ids = [case_id for case_id, _ in service.site_store(site).case_versions()]
+    return {case_id: service.kb.answer_json(service.case_json(case_id, site)) for case_id in ids}
 
 
-def test_a_1_0_store_is_stale_under_a_newer_version_until_re_reasoned(upgraded) -> None:
-    old, new, cases = upgraded
-    old_version = KnowledgeBase.from_settings(old).version
-    app = create_app(new)
+def test_a_1_0_store_is_stale_under_a_newer_version_until_re_reasoned(upgraded: Settings) -> None:
+    app = create_app(upgraded)
     client = app.test_client()
     try:
         current = client.get("/health").get_json()["ontology_version"]
-        assert current != old_version
-        reply = client.get(f"/cases/{cases[0]['id']}/pathway")
+        assert current != OLD_VERSION
+        reply = client.get("/cases/borderline/pathway")
         body = reply.get_json()
         assert (body["ontology_version"], body["stale"], body["current_ontology_version"]) == \
-            (old_version, True, current)
-        assert (reply.headers["ESI-Stale"], reply.headers["ESI-Ontology-Version"]) == ("true", old_version)
+            (OLD_VERSION, True, current)
+        assert body["response"]["category"] == "provisional-responder"  # the 1.0 answer, as stored
+        assert (reply.headers["ESI-Stale"], reply.headers["ESI-Ontology-Version"]) == ("true", OLD_VERSION)
 
         # SPARQL users see each case's version: every case of the site, all stale
         rows = client.get("/queries/case-versions", headers={"Accept": SPARQL_JSON}).get_json()
-        seen = {b["case"]["value"].rsplit("/", 1)[-1]: (b["version"]["value"], b["stale"]["value"])
-                for b in rows["results"]["bindings"]}
-        assert seen == {c["id"]: (old_version, "true") for c in cases[:20]}  # the token's site only
+        seen = {(b["version"]["value"], b["stale"]["value"]) for b in rows["results"]["bindings"]}
+        assert seen == {(OLD_VERSION, "true")} and len(rows["results"]["bindings"]) == 151  # the token's site
     finally:
         app.extensions["esi"].close()
 
-    done = reason_stale(new, sites=["default"], batch_size=7, workers=0, progress=None)
-    assert [(d.site, d.stale, d.switched, d.rejected) for d in done] == [("default", 20, 20, [])]
+    done = reason_stale(upgraded, sites=["default"], batch_size=40, workers=0, progress=None)
+    assert [(d.site, d.stale, d.switched, d.rejected) for d in done] == [("default", 151, 151, [])]
 
-    app = create_app(new)
+    app = create_app(upgraded)
     client = app.test_client()
     try:
-        expected = fresh_answers(new, cases[:20], "default")
-        for case in cases[:20]:
-            reply = client.get(f"/cases/{case['id']}/pathway")
+        expected = fresh_answers(app.extensions["esi"], "default")
+        assert len(expected) == 151
+        for case_id in ("borderline", *sorted(expected)[:30]):
+            reply = client.get(f"/cases/{case_id}/pathway")
             body = reply.get_json()
             assert body["stale"] is False and "current_ontology_version" not in body
             assert reply.headers["ESI-Stale"] == "false"
-            assert body == expected[case["id"]]
+            assert body == expected[case_id]
         rows = client.get("/queries/case-versions", headers={"Accept": SPARQL_JSON}).get_json()
         assert {b["stale"]["value"] for b in rows["results"]["bindings"]} == {"false"}
     finally:
         app.extensions["esi"].close()
     # the other site was not asked for: still 1.0
-    assert set(map(tuple, stored_versions(new.data_dir / "sites" / "south").values())) == {(old_version,)}
+    assert set(map(tuple, stored_versions(upgraded.data_dir / "sites" / "south").values())) == {(OLD_VERSION,)}
 
 
-def test_reason_stale_resumes_after_kill_9_and_writes_each_case_once(tmp_path: Path) -> None:
-    cases = generated_cases(KILL_CASES + 10)
-    old = store_under_1_0(tmp_path / "data", cases[:KILL_CASES], site="default")
-    store_under_1_0(tmp_path / "data", cases[KILL_CASES:], site="south")
-    new = old.with_(ontology_path=newer_ontology(tmp_path))
-    home = new.data_dir / "sites" / "default"
-    new_version = KnowledgeBase.from_settings(new).version
-    run = kgservice("reason", "--stale", "--data-dir", str(new.data_dir), "--batch", "2", "--workers", "1",
-                    settings=new, stdout=-1, stderr=-1)
+def test_reason_stale_resumes_after_kill_9_and_writes_each_case_once(upgraded: Settings) -> None:
+    home = upgraded.data_dir / "sites" / "default"
+    new_version = KnowledgeBase.from_settings(upgraded).version
+    run = kgservice("reason", "--stale", "--data-dir", str(upgraded.data_dir), "--batch", "2", "--workers", "1",
+                    settings=upgraded, stdout=-1, stderr=-1)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and run.poll() is None:
-            switched = sum(v == [new_version] for v in stored_versions(home).values())
-            if switched >= 2:
+            if sum(v == [new_version] for v in stored_versions(home).values()) >= 2:
                 break
             time.sleep(0.02)
         assert run.poll() is None, "finished before it could be killed: " + run.communicate()[1].decode()
@@ -108,36 +101,38 @@ def test_reason_stale_resumes_after_kill_9_and_writes_each_case_once(tmp_path: P
     finally:
         run.communicate(timeout=30)
     partly = stored_versions(home)
-    assert 2 <= sum(v == [new_version] for v in partly.values()) < KILL_CASES
+    switched_before = sum(v == [new_version] for v in partly.values())
+    assert 2 <= switched_before < 151
 
-    again = kgservice("reason", "--stale", "--data-dir", str(new.data_dir), settings=new, stdout=-1, stderr=-1)
-    out, err = again.communicate(timeout=120)
+    again = kgservice("reason", "--stale", "--data-dir", str(upgraded.data_dir), settings=upgraded,
+                      stdout=-1, stderr=-1)
+    out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err.decode()
     report = {s["site"]: s for s in json.loads(out)}
-    assert report["default"]["stale"] == report["default"]["switched"] == KILL_CASES - sum(
-        v == [new_version] for v in partly.values())
+    assert report["default"]["stale"] == report["default"]["switched"] == 151 - switched_before
     assert report["south"]["switched"] == 10
     assert any("re-reasoned" in line and "/" in line for line in lines(err))  # the progress line
 
     # nothing lost, nothing written twice: one version per case, the answer a fresh run gives
-    assert stored_versions(home) == {c["id"]: [new_version] for c in cases[:KILL_CASES]}
-    service = Service(new)
+    versions = stored_versions(home)
+    assert len(versions) == 151 and set(map(tuple, versions.values())) == {(new_version,)}
+    service = Service(upgraded)
     try:
-        expected = fresh_answers(new, cases[:KILL_CASES], "default")
-        kb = KnowledgeBase.from_settings(new)
-        for case in cases[:KILL_CASES]:
-            answer = service.stored_answer(case["id"], "default")
-            assert answer["stale"] is False
-            assert answer == expected[case["id"]]
-            _, inferred = service.site_store("default").read(case["id"])
-            reasoned = kb.reason([kb.read_json(case, site="default")])[0]
+        expected = fresh_answers(service, "default")
+        for case_id, answer in expected.items():
+            assert service.stored_answer(case_id, "default") == answer
+        store = service.site_store("default")
+        for case_id in sorted(expected)[:20]:  # the inferred graph is what its asserted graph gives now
+            _, inferred = store.read(case_id)
+            [asserted] = cases_from_nquads(store.export([case_id], inferred=False), service.kb.contract)
+            [reasoned] = service.kb.reason([asserted])
             assert set(inferred) == set(map(triple_to_ox, reasoned.inferred))
     finally:
         service.close()
 
 
-def test_reason_refuses_a_store_in_use_and_unknown_sites(upgraded) -> None:
-    _, new, _ = upgraded
+def test_reason_refuses_a_store_in_use_and_unknown_sites(upgraded: Settings) -> None:
+    new = upgraded
     service = Service(new)  # holds the store's lock, as a running server does
     try:
         service.site_store("default")
@@ -177,3 +172,40 @@ def test_reinfer_switches_only_cases_still_at_the_version_read_and_keeps_counts(
     assert store.reinfer([Reinferred("a", kb.version, later.inferred), Reinferred("gone", kb.version, [])]) == ["a"]
     assert (store.count("assessment-pending"), store.count("responder")) == (0, 2)
     assert store.case_ids("responder", None, 10, 0)[1] == 2
+
+
+def test_reason_stale_and_impact_on_each_store(store_settings: Settings, tmp_path: Path, make_case) -> None:
+    """The embedded store and a real Virtuoso (ESI_STORE=sparql): cases written under one version
+    are read by impact, stale under another, and re-reasoned by reason --stale."""
+    import uuid
+
+    from test_impact import with_threshold
+
+    from kgservice.impact import impact
+
+    site = f"up-{uuid.uuid4().hex[:8]}"
+    old = store_settings.with_(ontology_path=with_threshold(Settings().ontology_path, 40, tmp_path / "old.ttl"))
+    service = Service(old)
+    try:
+        for n, scores in enumerate([[(0, 8), (14, 3)], [(0, 8), (3, 8)], [(0, 8), (30, 2)]]):
+            service.create(json.dumps(make_case(id=f"c{n}", scores=scores)).encode(), "application/json", site)
+    finally:
+        service.close()
+    old_version = KnowledgeBase.from_settings(old).version
+
+    strict = impact(old, with_threshold(Settings().ontology_path, 70, tmp_path / "strict.ttl"), sites=[site], workers=0,
+                    progress=None).as_json()
+    assert strict["stored"]["cases"] == 3
+    assert [c["case"] for c in strict["stored"]["impacts"] if "category" in c["kinds"]] == ["c0"], strict
+
+    new = store_settings.with_(ontology_path=Settings().ontology_path)
+    [done] = reason_stale(new, sites=[site], workers=0, progress=None)
+    assert (done.stale, done.switched) == (3, 3)
+    service = Service(new)
+    try:
+        versions = dict(service.site_store(site).case_versions())
+        assert versions == {f"c{n}": service.kb.version for n in range(3)} and old_version not in versions.values()
+        for n in range(3):
+            assert service.stored_answer(f"c{n}", site)["stale"] is False
+    finally:
+        service.close()
