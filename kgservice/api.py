@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     access.install(app, settings)
     app.before_request(_bounded_stream)
 
+    from .docs import bp as docs_bp
     from .pages import bp as pages_bp
     from .pages import clinician_bp
     from .queries import bp as queries_bp
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.register_blueprint(bp)
     app.register_blueprint(sparql_bp)
     app.register_blueprint(queries_bp)
+    app.register_blueprint(docs_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(clinician_bp)
     cds.install(app, settings)

@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--engine", choices=ENGINES)
     i.set_defaults(run=cmd_impact)
 
+    d = sub.add_parser("docs", help="write the ontology's HTML documentation (also served at GET /docs)")
+    d.add_argument("--out", type=Path, default=Path("docs"), help="folder to write index.html into (default: docs)")
+    d.add_argument("--ontology", type=Path, help="ontology file (default: the shipped one or ESI_ONTOLOGY_PATH)")
+    d.set_defaults(run=cmd_docs)
+
     t = sub.add_parser("token", help="make, list and revoke API tokens")
     tsub = t.add_subparsers(title="token commands")
     tc = tsub.add_parser("create", help="make a token; prints its secret once")
@@ -190,6 +195,22 @@ def cmd_impact(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     sys.stdout.write(render(report, args.format))
     return 1 if report.failing else 0
+
+
+def cmd_docs(args: argparse.Namespace, settings: Settings) -> int:
+    from .docs import write
+    from .kb import KnowledgeBase
+
+    if args.ontology is not None:
+        settings = settings.with_(ontology_path=args.ontology)
+    try:
+        kb = KnowledgeBase.from_settings(settings)
+    except ESIError as exc:
+        print(f"kgservice: {exc.detail}", file=sys.stderr)
+        return 2
+    for path in write(args.out, kb.ontology, kb.vocabulary):
+        print(path)
+    return 0
 
 
 def _tokens(args: argparse.Namespace, settings: Settings) -> TokenStore:
