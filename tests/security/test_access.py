@@ -19,7 +19,8 @@ from kgservice.auth import TokenStore
 
 from .conftest import CASE_BASE, Apps, Site, assert_problem, issue, settings_of, vignette
 
-OPEN = {"/vocabulary", "/ontology", "/health", "/openapi.json", "/", "/sign-in", "/query", "/clinician"}
+OPEN = {"/vocabulary", "/ontology", "/health", "/openapi.json", "/", "/sign-in", "/query", "/clinician", "/docs",
+        "/docs/ontology-docs.css"}
 #: The clinician's form posts: refused with the form's page (401, with a link to sign in), not problem+json.
 PAGE_POSTS = {"/clinician/assess", "/clinician/store"}
 #: Every protected endpoint, with the scope it needs and a request that exercises it.
