@@ -3,10 +3,12 @@
 Each generated case is sent three ways, one request at a time on one keep-alive connection:
 ``POST /pathway`` with the contract's JSON (a bearer token), ``POST /pathway`` with the same
 case as a FHIR collection Bundle, and the ``patient-view`` call of ``esi-failure-pathway``
-with a realistic prefetch: the case's resources (``tests/fhircase.py``) plus what a chart also
-holds and the templates fetch too, 20 vital-sign Observations and 5 other Conditions with
-codes ESI-KG does not know (reported on the card). Every CDS call carries a fresh ES384 JWT,
-signed before the clock starts; its verification and the replay check are in the figure.
+with a realistic prefetch: what a FHIR server holding the patient's chart returns for the
+discovery's templates. The chart is the case's resources (``tests/fhircase.py``) plus 20
+vital-sign Observations (left out by the template's code filter) and 5 Conditions and 5
+Procedures with codes ESI-KG does not know (sent, validated and reported on the card). Every
+CDS call carries a fresh ES384 JWT, signed before the clock starts; its verification and the
+replay check are in the figure.
 The three kinds run one after the other, so that the server's CPU time (all its processes)
 per request can be told apart: on a busy machine latency follows the load, CPU much less.
 """
@@ -30,33 +32,33 @@ from ingest import generator, kb, root
 from loadgen import Server, group_cpu_s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fhircase import bundle, hook_request, prefetch  # noqa: E402
+from fhircase import answer_template, bundle, hook_request, prefetch  # noqa: E402
 
 ISS = "https://ehr.bench.example/"
 SERVICE = "/cds-services/esi-failure-pathway"
 
 
-def _chart_noise(patient: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _chart(patient: str) -> list[dict[str, Any]]:
+    """What else a chart holds: vital signs, other conditions and procedures, none of it ESI-KG's."""
     subject = {"reference": f"Patient/{patient}"}
     vitals = [{"resourceType": "Observation", "id": f"v{i}", "status": "final", "subject": subject,
                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
                "effectiveDateTime": f"2026-05-{1 + i:02d}", "valueQuantity": {"value": 60 + i, "unit": "/min"}}
               for i in range(20)]
-    other = [{"resourceType": "Condition", "id": f"o{i}", "subject": subject,
+    other = [{"resourceType": kind, "id": f"o{kind[0]}{i}", "subject": subject,
               "code": {"coding": [{"system": "http://snomed.info/sct", "code": str(38341003 + i),
-                                   "display": "another condition"}]}} for i in range(5)]
-    return vitals, other
+                                   "display": f"another {kind.lower()}"}]}, **extra}
+             for kind, extra in (("Condition", {}), ("Procedure", {"status": "completed"})) for i in range(5)]
+    return vitals + other
 
 
-def _cases(n: int) -> list[dict[str, Any]]:
+def _cases(n: int, templates: dict[str, str]) -> list[dict[str, Any]]:
+    """Generated cases, each with the prefetch a FHIR server holding its chart answers for the templates."""
     graph = kb().ontology.graph
     out = []
     for case in generator(seed=31).cases(n, prefix="cds"):
-        data = prefetch(case, graph)
-        vitals, other = _chart_noise(f"pat-{case['id']}")
-        data["observations"]["entry"] += [{"resource": r, "search": {"mode": "match"}} for r in vitals]
-        data["conditions"]["entry"] += [{"resource": r, "search": {"mode": "match"}} for r in other]
-        out.append({"case": case, "prefetch": data})
+        held = [e["resource"] for e in bundle(prefetch(case, graph))["entry"]] + _chart(f"pat-{case['id']}")
+        out.append({"case": case, "prefetch": {k: answer_template(t, held) for k, t in templates.items()}})
     return out
 
 
@@ -89,7 +91,9 @@ def run(quick: bool) -> str:
     work = Path(tempfile.mkdtemp(prefix="esi-cds-", dir=root()))
     key = ec.generate_private_key(ec.SECP384R1())
     token = _setup(work / "data", key)
-    items = _cases(n + warm)
+    from kgservice.cds import prefetch_templates
+
+    items = _cases(n + warm, prefetch_templates(kb().fhir_codes))
     samples: dict[str, list[float]] = {}
     cpu_ms: dict[str, float] = {}
     with Server(work / "data", env={"ESI_AUTH_REQUIRED": "true"}) as server:

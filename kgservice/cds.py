@@ -21,17 +21,18 @@ from . import fhir
 from .cards import CardBuilder
 from .cases import load_json
 from .cdsauth import CdsClients, ReplayCache, verify
+from .codes import CodeMap
 from .errors import ESIError, InvalidCase, MalformedInput
+from .ontology import ESI
 from .web import service
 
 SERVICE_ID = "esi-failure-pathway"
 HOOK = "patient-view"
-PREFETCH = {
-    "patient": "Patient/{{context.patientId}}",
-    "conditions": "Condition?patient={{context.patientId}}",
-    "procedures": "Procedure?patient={{context.patientId}}",
-    "observations": "Observation?patient={{context.patientId}}",
-}
+#: What ESI-KG reads, one template per prefetch key. Observations are those coded as pain
+#: scores or block results (the codes come from the ontology: :func:`prefetch_templates`);
+#: findings and red flags come as Conditions.
+OBSERVED = (ESI.PainScoreObservation, ESI.DiagnosticBlockResult)
+KEYS = ("patient", "conditions", "procedures", "observations")
 DEFAULT_SITE = "default"
 HOOK_INSTANCE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a UUID, leniently
 
@@ -78,6 +79,13 @@ def _audit(response: Response) -> Response:
     return response
 
 
+def prefetch_templates(codes: CodeMap) -> dict[str, str]:
+    patient = "patient={{context.patientId}}"
+    observed = ",".join(token for term in OBSERVED for token in codes.tokens(term))
+    return {"patient": "Patient/{{context.patientId}}", "conditions": f"Condition?{patient}",
+            "procedures": f"Procedure?{patient}", "observations": f"Observation?{patient}&code={observed}"}
+
+
 @bp.get("")
 def discovery() -> Response:
     body = {"services": [{
@@ -87,7 +95,7 @@ def discovery() -> Response:
         "description": "Assesses how the patient responded to their latest epidural steroid injection (0-10 pain "
                        "scores before and after it) and lists the next care pathways in their order of care, each "
                        "with why and the article section; a red flag asks for an urgent spine surgeon consultation.",
-        "prefetch": PREFETCH,
+        "prefetch": prefetch_templates(service().kb.fhir_codes),
     }]}
     return Response(json.dumps(body), mimetype="application/json")
 
@@ -175,14 +183,14 @@ def _hook_request() -> dict[str, Any]:
 
 def _prefetched(hook: dict[str, Any]) -> tuple[list[Any], str]:
     prefetch = hook.get("prefetch", {})
-    missing = [key for key in PREFETCH if key not in prefetch]
+    missing = [key for key in KEYS if key not in prefetch]
     if missing:
         server = " ESI-KG does not query fhirServer: nothing leaves the service." if hook.get("fhirServer") else ""
         raise PrefetchMissing(f"prefetch lacks {', '.join(missing)}; send every template of the discovery "
                               f"response (null where there is no data).{server}", missing=missing)
     patient_id = hook["context"]["patientId"]
     resources: list[Any] = []
-    for key in PREFETCH:
+    for key in KEYS:
         if prefetch[key] is not None:
             resources += fhir.parse(prefetch[key], f"prefetch.{key}")
     for r in resources:

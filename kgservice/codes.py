@@ -52,6 +52,29 @@ def coding_iri(system: str | None, code: str | None) -> URIRef | None:
     return None
 
 
+def iri_coding(iri: str) -> tuple[str, str] | None:
+    """The FHIR (system, code) naming an IRI: the inverse of :func:`coding_iri`.
+
+    >>> iri_coding("http://purl.obolibrary.org/obo/HP_0009027")
+    ('http://human-phenotype-ontology.org', 'HP:0009027')
+    >>> iri_coding("http://purl.obolibrary.org/obo/MONDO_0005965")
+    ('http://purl.obolibrary.org/obo/mondo.owl', 'MONDO:0005965')
+    >>> iri_coding("http://loinc.org/rdf#72514-3")
+    ('http://loinc.org', '72514-3')
+    """
+    if iri.startswith(str(ESI)):
+        return ESI_SYSTEM, iri[len(str(ESI)):]
+    for system, stem in IRI_STEMS.items():
+        if iri.startswith(stem) and stem != OBO:
+            return system, iri[len(stem):]
+    prefix, _, number = iri.removeprefix(OBO).partition("_")
+    if not iri.startswith(OBO) or not number:
+        return None
+    if prefix == "HP":
+        return "http://human-phenotype-ontology.org", f"HP:{number}"
+    return f"{OBO}{prefix.lower()}.owl", f"{prefix}:{number}"
+
+
 @dataclass(frozen=True)
 class CodeMap:
     """Which contract code each IRI stands for, per contract field, from the ontology."""
@@ -90,6 +113,11 @@ class CodeMap:
                     if best is None or rank < best[0]:
                         best = (rank, name, code)
         return (best[1], best[2]) if best else None
+
+    def tokens(self, term: URIRef) -> list[str]:
+        """Every ``system|code`` search token that names ``term`` (for a FHIR search by code)."""
+        found = (iri_coding(str(iri)) for iri in sorted(self.names.get(term, frozenset({term}))))
+        return [f"{system}|{code}" for system, code in (f for f in found if f)]
 
     def names_term(self, codings: Iterable[Any], term: URIRef) -> bool:
         wanted = self.names.get(term, frozenset({term}))

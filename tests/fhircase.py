@@ -15,30 +15,24 @@ from typing import Any
 from rdflib import Graph, URIRef
 from rdflib.namespace import SKOS
 
-from kgservice.codes import ESI_SYSTEM
+from kgservice.codes import ESI_SYSTEM, iri_coding
 from kgservice.fhir import APPROACH_EXTENSION
 
 ESI = ESI_SYSTEM + "#"
-OBO = "http://purl.obolibrary.org/obo/"
 LOINC_PAIN = {"system": "http://loinc.org", "code": "72514-3",
               "display": "Pain severity - 0-10 verbal numeric rating [Score] - Reported"}
-#: External systems in order of preference: (IRI stem, FHIR system, code as written in FHIR).
-SYSTEMS = (
-    ("http://snomed.info/id/", "http://snomed.info/sct", lambda rest: rest),
-    (OBO + "HP_", "http://human-phenotype-ontology.org", lambda rest: f"HP:{rest}"),
-    (OBO + "MONDO_", "http://purl.obolibrary.org/obo/mondo.owl", lambda rest: f"MONDO:{rest}"),
-    (OBO + "UBERON_", "http://purl.obolibrary.org/obo/uberon.owl", lambda rest: f"UBERON:{rest}"),
-    (OBO + "MAXO_", "http://purl.obolibrary.org/obo/maxo.owl", lambda rest: f"MAXO:{rest}"),
-)
+#: External systems in order of preference.
+PREFERRED = ("http://snomed.info/sct", "http://human-phenotype-ontology.org", "http://purl.obolibrary.org/obo/mondo.owl",
+             "http://purl.obolibrary.org/obo/uberon.owl", "http://purl.obolibrary.org/obo/maxo.owl")
 
 
 def coding(code: str, graph: Graph, external: bool = True) -> dict[str, str]:
     if external:
-        matches = {str(o) for o in graph.objects(URIRef(ESI + code), SKOS.exactMatch)}
-        for stem, system, write in SYSTEMS:
-            for iri in sorted(matches):
-                if iri.startswith(stem):
-                    return {"system": system, "code": write(iri[len(stem):]), "display": code}
+        found = [c for o in graph.objects(URIRef(ESI + code), SKOS.exactMatch) if (c := iri_coding(str(o)))]
+        for system in PREFERRED:
+            for sys_, value in sorted(found):
+                if sys_ == system:
+                    return {"system": system, "code": value, "display": code}
     return {"system": ESI_SYSTEM, "code": code, "display": code}
 
 
@@ -60,9 +54,9 @@ def prefetch(case: dict[str, Any], graph: Graph, external: bool = True) -> dict[
                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
                    "code": concept(code, graph, external)}
                   for i, code in enumerate([*case.get("diagnoses", []), *case.get("red_flags", [])])]
-    observations: list[dict[str, Any]] = [
-        {"resourceType": "Observation", "id": f"f{i}", "status": "final", "subject": subject,
-         "code": concept(code, graph, external)} for i, code in enumerate(case.get("findings", []))]
+    conditions += [{"resourceType": "Condition", "id": f"f{i}", "subject": subject,
+                    "code": concept(code, graph, external)} for i, code in enumerate(case.get("findings", []))]
+    observations: list[dict[str, Any]] = []
     regions = list(case["pain_regions"])
     for i, score in enumerate(case["pain_scores"]):
         obs = {"resourceType": "Observation", "id": f"s{i}", "status": "final", "subject": subject,
@@ -117,6 +111,25 @@ def bundle(prefetched: dict[str, Any]) -> dict[str, Any]:
     resources = [prefetched["patient"]] + [e["resource"] for key in ("conditions", "procedures", "observations")
                                            for e in prefetched[key]["entry"]]
     return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
+def answer_template(template: str, resources: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a FHIR server holding ``resources`` returns for one of ESI-KG's prefetch templates.
+
+    Only what those templates use: a read (``Patient/{{context.patientId}}``), or a search by
+    patient, optionally filtered by ``code=system|code,system|code``.
+    """
+    path, _, query = template.partition("?")
+    kind = path.partition("/")[0]
+    of_kind = [r for r in resources if r["resourceType"] == kind]
+    if not query:
+        return of_kind[0] if of_kind else None
+    params = dict(part.split("=", 1) for part in query.split("&"))
+    if "code" in params:
+        wanted = {tuple(token.split("|", 1)) for token in params["code"].split(",")}
+        of_kind = [r for r in of_kind
+                   if any((c.get("system"), c.get("code")) in wanted for c in r.get("code", {}).get("coding", []))]
+    return searchset(of_kind)
 
 
 def hook_request(prefetched: dict[str, Any], patient_id: str, hook_instance: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fhir.resources.R4B.servicerequest import ServiceRequest
-from fhircase import bundle, hook_request, prefetch
+from fhircase import answer_template, bundle, concept, hook_request, prefetch
 from rdflib import Graph
 from serverutil import RealServer, Reply, create_token, http_request
 
@@ -106,6 +106,8 @@ def test_discovery_lists_the_service_with_its_prefetch_templates(client: CdsClie
     assert set(svc["prefetch"]) == {"patient", "conditions", "procedures", "observations"}
     assert svc["prefetch"]["patient"] == "Patient/{{context.patientId}}"
     assert all("{{context.patientId}}" in t for t in svc["prefetch"].values())
+    # the pain scores by their LOINC code, which the ontology holds as a SKOS match
+    assert "code=http://loinc.org|72514-3," in svc["prefetch"]["observations"]
 
 
 @pytest.mark.parametrize("path", VIGNETTES, ids=[p.stem for p in VIGNETTES])
@@ -115,7 +117,9 @@ def test_a_vignette_as_fhir_gets_the_cards_of_its_pathway_answer(path: Path, cli
     external = VIGNETTES.index(path) % 2 == 0  # half through SNOMED/HPO/MONDO codes, half through ESI's own
     templates = client.call("GET", "/cds-services").json()["services"][0]["prefetch"]
     data = prefetch(case, ontology, external)
-    sent = hook_request({k: data[k] for k in templates}, f"pat-{case['id']}", str(uuid.uuid4()))
+    held = [e["resource"] for e in bundle(data)["entry"]]  # what the EHR's FHIR server holds
+    sent = hook_request({k: answer_template(t, held) for k, t in templates.items()}, f"pat-{case['id']}",
+                        str(uuid.uuid4()))
     reply = client.call("POST", SERVICE, sent)
     assert reply.status == 200, reply.body
     cards = reply.json()["cards"]
@@ -339,3 +343,16 @@ def test_the_readme_examples_answer(client: CdsClient, token: str) -> None:
     expected = json.loads((ROOT / "examples" / "red-flag-foot-drop.json").read_text())
     direct = http_request(client.base_url, "POST", "/pathway", expected, token=token).json()
     assert answer["pathways"] == direct["pathways"] and answer["fhir"]["unknown_codes"] == []
+
+
+def test_a_finding_sent_as_an_observation_is_read(client: CdsClient, ontology: Graph, token: str) -> None:
+    case = vignette(VIGNETTES[0])
+    assert "structural-severity" not in {c["code"] for c in http_request(
+        client.base_url, "POST", "/pathway", case, token=token).json()["failure_causes"]}
+    body = bundle(prefetch(case, ontology))
+    body["entry"].append({"resource": {"resourceType": "Observation", "id": "mri", "status": "final",
+                                       "subject": {"reference": f"Patient/pat-{case['id']}"},
+                                       "code": concept("bone-spurs", ontology, external=False)}})
+    answer = http_request(client.base_url, "POST", "/pathway", json.dumps(body).encode(), token=token,
+                          headers={"Content-Type": FHIR_JSON}).json()
+    assert "structural-severity" in {c["code"] for c in answer["failure_causes"]}
