@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -356,3 +357,18 @@ def test_a_finding_sent_as_an_observation_is_read(client: CdsClient, ontology: G
     answer = http_request(client.base_url, "POST", "/pathway", json.dumps(body).encode(), token=token,
                           headers={"Content-Type": FHIR_JSON}).json()
     assert "structural-severity" in {c["code"] for c in answer["failure_causes"]}
+
+
+def test_card_links_land_on_their_documentation_entry(client: CdsClient, ontology: Graph, token: str) -> None:
+    docs = http_request(client.base_url, "GET", "/docs", token=token)
+    if docs.status == 404:
+        pytest.skip("GET /docs is not on this build: the anchors are checked when it is")
+    assert docs.status == 200
+    page = docs.body.decode()
+    red_flag = next(p for p in VIGNETTES if "foot-drop" in p.name)
+    cards = client.call("POST", SERVICE, hook(red_flag, ontology)).json()["cards"]
+    urls = [c["source"]["url"] for c in cards] + [link["url"] for c in cards for link in c.get("links", [])]
+    urls += re.findall(r"\]\((http[^)]+)\)", "".join(c["detail"] for c in cards))
+    for url in urls:
+        anchor = url.partition("#")[2]
+        assert anchor and (f'id="{anchor}"' in page), url
