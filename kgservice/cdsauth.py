@@ -166,7 +166,7 @@ def verify(token: str, clients: CdsClients, replay: ReplayCache, audience: str, 
     alg, kid = header.get("alg"), header.get("kid")
     if alg not in ALGORITHMS:
         raise Unauthorized(f"JWT algorithm {alg!r} is refused; sign with one of {', '.join(ALGORITHMS)}")
-    if header.get("typ", "JWT") != "JWT":
+    if str(header.get("typ", "JWT")).upper() != "JWT":
         raise Unauthorized("the JWT header typ must be JWT")
     if not isinstance(kid, str) or not kid:
         raise Unauthorized("the JWT header has no kid naming the signing key")
