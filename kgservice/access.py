@@ -22,12 +22,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _AUDITED = {"pathway:run", "cases:read", "cases:write"}
 
 
-def requires(scope: str) -> Callable[[F], F]:
+def requires(scope: str, when: Callable[[], bool] | None = None) -> Callable[[F], F]:
+    """The view needs ``scope`` (only for the requests where ``when()`` is true, if given)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
     def mark(view: F) -> F:
         view.esi_scope = scope  # type: ignore[attr-defined]
+        view.esi_scope_when = when  # type: ignore[attr-defined]
         return view
 
     return mark
@@ -55,6 +57,9 @@ def _presented_token() -> tuple[str, str]:
 
 def _scope_of_request() -> str | None:
     view = current_app.view_functions.get(request.endpoint or "")
+    when = getattr(view, "esi_scope_when", None)
+    if when is not None and not when():
+        return None
     return getattr(view, "esi_scope", None)
 
 

@@ -21,13 +21,15 @@ from . import access, cds, headers
 from .access import note, requires
 from .config import Settings
 from .errors import ESIError, InternalError, InvalidCase, Violation, problem_json
-from .media import JSON, JSONLD, NTRIPLES, PROBLEM, RDF_FORMATS, TURTLE
+from .media import JSON, JSONLD, NTRIPLES, PROBLEM, RDF_OUT, RDFXML, TURTLE
 from .service import Service
 from .terms import triple_to_ox
 from .web import negotiate, service, site
 
 log = logging.getLogger(__name__)
 
+#: ``GET /ontology``'s representations, each with the suffix that makes its ETag its own.
+ONTOLOGY_FORMATS = {TURTLE: "ttl", JSONLD: "jsonld", NTRIPLES: "nt", RDFXML: "rdf"}
 PREFIXES = {
     "esi": "https://w3id.org/esi-kg/ontology#",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -104,6 +106,7 @@ def _domain_error(exc: ESIError) -> Response:
     response = problem_response(exc.problem())
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="esi-kg"'
+    response.headers.extend(getattr(exc, "headers", {}))  # e.g. Retry-After of a busy store
     return response
 
 
@@ -129,7 +132,7 @@ def _unexpected_error(exc: Exception) -> Response:
 
 def rdf_response(triples: Iterable[ox.Triple], media_type: str, status: int = 200) -> Response:
     prefixes = PREFIXES if media_type == TURTLE else None
-    body = ox.serialize(triples, format=RDF_FORMATS[media_type], prefixes=prefixes)
+    body = ox.serialize(triples, format=RDF_OUT[media_type], prefixes=prefixes)
     return Response(body, status=status, mimetype=media_type)
 
 
@@ -171,7 +174,7 @@ def replace_case(case_id: str) -> Response:
 @bp.get("/cases/<case_id>")
 @requires("cases:read")
 def get_case(case_id: str) -> Response:
-    media_type = negotiate([JSON, TURTLE, JSONLD, NTRIPLES])
+    media_type = negotiate([JSON, *RDF_OUT])
     if media_type == JSON:
         return Response(json.dumps(service().case_json(case_id, site()), ensure_ascii=False), mimetype=JSON)
     inferred = request.args.get("inferred", "false").lower() in ("1", "true", "yes")
@@ -235,9 +238,10 @@ def vocabulary() -> Response:
 @bp.get("/ontology")
 def ontology() -> Response:
     kb = service().kb
-    etag = f'"{kb.version}"'
-    media_type = negotiate([TURTLE, JSONLD, NTRIPLES])
-    if etag in request.headers.get("If-None-Match", ""):
+    media_type = negotiate(list(ONTOLOGY_FORMATS))
+    etag = f'"{kb.version}.{ONTOLOGY_FORMATS[media_type]}"'  # each representation's bytes differ
+    held = {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}
+    if etag in held or f"W/{etag}" in held or "*" in held:
         response = Response(status=304)
     elif media_type == TURTLE and kb.ontology.path is not None:
         response = Response(kb.ontology.path.read_bytes(), mimetype=TURTLE)

@@ -47,6 +47,10 @@ class Settings:
     page_size: int = 50
     query_timeout_s: float = 10.0
     query_max_rows: int = 10_000
+    query_max_length: int = 65_536
+    query_max_response_bytes: int = 32 * 1024 * 1024
+    query_max_memory_mb: int = 512
+    base_iri: str = "https://w3id.org/esi-kg/"
     reasoning_timeout_s: float = 10.0
     reasoning_workers: int | None = None
     auth_required: bool = True

@@ -1,9 +1,11 @@
 """Nothing goes out: checks on SPARQL before it runs, and a process-wide network guard.
 
 Layer 1, :func:`check_query`: a query may not use ``SERVICE`` (Oxigraph would fetch it, in
-Rust, out of reach of Python's audit hooks) or a dataset (``FROM``,
-``FROM NAMED``, ``default-graph-uri``, ``named-graph-uri``) naming a graph that is not one
-of ESI-KG's own.
+Rust, out of reach of Python's audit hooks). The query is read as the engine reads it
+(:mod:`kgservice.querytext`, one linear pass), after its length is checked against
+``ESI_QUERY_MAX_LENGTH``. Graph names in ``FROM``, ``FROM NAMED`` and the protocol's
+``default-graph-uri``/``named-graph-uri`` are never fetched: Oxigraph looks them up in the
+site's own store, where a name that is not there is an empty graph.
 
 Layer 2 is in the parsers: Oxigraph's JSON-LD parser has no document loader, so a remote
 ``@context`` is an error, not a fetch.
@@ -15,94 +17,27 @@ closed.
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
-from collections.abc import Iterable, Iterator
-from urllib.parse import urljoin
+from collections.abc import Iterable
 
-from .errors import QueryError
-
-#: Graph names a query may use in its dataset: the ontology's and the cases'.
-LOCAL_GRAPHS = ("https://w3id.org/esi-kg/",)
-
-# Tokens as SPARQL reads them: a comment ends at CR or LF; an IRI excludes only U+0000-U+0020
-# and <>"{}|^`\ but may hold \u / \U escapes; a prefixed name's local part may hold
-# \-escapes (PN_LOCAL_ESC, e.g. ``ex:a\#``). Read any other way, a "comment" or "string"
-# could hide the rest of a line, and a SERVICE in it, from the check below.
-_TOKEN = re.compile(
-    r"""
-      (?P<comment>\#[^\r\n]*)
-    | (?P<string>'\'\'(?:[^'\\]|\\.|'(?!''))*'\'\'
-                |\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"
-                |'(?:[^'\\\n]|\\.)*'
-                |"(?:[^"\\\n]|\\.)*")
-    | (?P<iri><(?:[^<>"{}|^`\\\x00-\x20]|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8})*>)
-    | (?P<var>[?$]\w+)
-    | (?P<pname>(?:[A-Za-z][\w.-]*?)?:(?:[\w.:%-]|\\[_~.!$&'()*+,;=/?\#@%-])*)
-    | (?P<word>[A-Za-z_]+)
-    | (?P<other>\S)
-    """,
-    re.VERBOSE,
-)
-#: Characters that, outside a string, IRI, prefixed name or comment, mean the text was not
-#: read as SPARQL reads it: refuse rather than guess.
-_UNREADABLE = {"\\", "'", '"'}
+from .errors import PayloadTooLarge, QueryError
+from .querytext import Reading, read
 
 
-def _tokens(query: str) -> Iterator[tuple[str, str]]:
-    for match in _TOKEN.finditer(query):
-        kind = match.lastgroup or "other"
-        if kind != "comment":
-            yield kind, match.group()
+def check_query(query: str, max_length: int) -> Reading:
+    """Raise :class:`QueryError` (400) or :class:`PayloadTooLarge` (413) for a query that may not run.
 
-
-def check_query(query: str, default_graphs: Iterable[str] = (), named_graphs: Iterable[str] = ()) -> None:
-    """Raise :class:`QueryError` (400) if the query could reach outside the dataset."""
-    prefixes: dict[str, str] = {}
-    base = ""
-    tokens = list(_tokens(query))
-    for i, (kind, text) in enumerate(tokens):
-        if kind == "other" and text in _UNREADABLE:
-            raise QueryError(f"the query has {text!r} outside a string, IRI or prefixed name; it cannot be checked, "
-                             "so it is not run")
-        if kind != "word":
-            continue
-        word = text.upper()
-        if word == "SERVICE":
-            raise QueryError("SERVICE is not allowed: ESI-KG answers from its own data and never fetches a remote "
-                             "endpoint")
-        if word == "PREFIX" and i + 2 < len(tokens) and tokens[i + 2][0] == "iri":
-            prefixes[tokens[i + 1][1].rstrip(":")] = tokens[i + 2][1][1:-1]
-        if word == "BASE" and i + 1 < len(tokens) and tokens[i + 1][0] == "iri":
-            base = tokens[i + 1][1][1:-1]
-        if word == "FROM":
-            j = i + 1
-            if j < len(tokens) and tokens[j][1].upper() == "NAMED":
-                j += 1
-            if j >= len(tokens):
-                continue
-            _check_graph(_resolve(tokens[j], prefixes, base), "FROM")
-    for graph in [*default_graphs, *named_graphs]:
-        _check_graph(graph, "the protocol's dataset")
-
-
-def _resolve(token: tuple[str, str], prefixes: dict[str, str], base: str) -> str:
-    kind, text = token
-    if kind == "iri":
-        return urljoin(base, text[1:-1]) if base else text[1:-1]
-    if kind == "pname":
-        prefix, _, local = text.partition(":")
-        if prefix not in prefixes:
-            raise QueryError(f"unknown prefix {prefix!r} in FROM")
-        return prefixes[prefix] + local
-    raise QueryError(f"FROM must be followed by a graph IRI, not {text!r}")
-
-
-def _check_graph(iri: str, where: str) -> None:
-    if not iri.startswith(LOCAL_GRAPHS):
-        raise QueryError(f"{where} names the graph <{iri}>, which is not in this dataset; graphs here start with "
-                         f"{LOCAL_GRAPHS[0]} (GET /sparql describes the dataset). Nothing is ever fetched.")
+    Returns what the reading found (whether the query names its own dataset)."""
+    if len(query) > max_length:
+        raise PayloadTooLarge(f"the query has {len(query)} characters; at most {max_length} are accepted "
+                              "(ESI_QUERY_MAX_LENGTH)")
+    reading = read(query)
+    if reading.service:
+        raise QueryError("SERVICE is not allowed: ESI-KG answers from its own data and never fetches a remote "
+                         "endpoint. The letters S-E-R-V-I-C-E, in any case, are refused anywhere but in a string, "
+                         "an IRI or a comment, even inside a name or variable (rename it)")
+    return reading
 
 
 # -- layer 3 -------------------------------------------------------------------------------

@@ -12,11 +12,13 @@ keeps the HTTP traffic and the store, the workers the CPU-bound pipeline.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing
 import os
 import pickle
 import queue
+import resource
 import select
 import signal
 import threading
@@ -24,6 +26,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,7 @@ import pyoxigraph as ox
 from . import sandbox
 from .config import Settings
 from .errors import ESIError, InternalError, NetworkRefused, Problem
+from .queryrun import ResponseTooLarge
 
 if TYPE_CHECKING:
     from .kb import Outcome
@@ -102,95 +106,207 @@ def _death(exitcode: int | None) -> str:
 _fork_lock = threading.Lock()
 
 
+class StoreBusy(TimeLimit):
+    """The store could not be read at all (not the query's fault): try again in a moment."""
+
+    type_slug = "store-busy"
+    title = "Store busy"
+    headers = {"Retry-After": "1"}
+
+
+class MemoryLimit(ESIError):
+    status = 422
+    type_slug = "memory-limit"
+    title = "Memory limit reached"
+
+
 #: How long a forked child may take to get its snapshot of the store before it is presumed
 #: stuck and forked again. A child can inherit a RocksDB mutex that a background thread of
 #: the parent held at the moment of the fork (seen right after a store is opened, while
 #: RocksDB flushes and compacts); such a child would wait forever.
 START_GRACE_S = 1.0
 START_ATTEMPTS = 4
-_STARTED = b"S"
+_STARTED, _DATA, _END = b"S", b"D", b"E"
+_STDERR_KEPT = 4096
 
 
 class _Stuck(Exception):
     pass
 
 
-def run_forked(fn: Callable[[Callable[[], None]], Any], timeout: float) -> Any:
-    """Run ``fn(started)`` in a forked child and return its (picklable) result, or raise.
+@dataclass
+class Forked:
+    """What a forked child returned, and the bytes it emitted on the way."""
 
-    The child inherits the open Oxigraph store and only reads it. ``fn`` calls
-    ``started()`` once it holds its snapshot of the store (``Store.query`` has returned);
-    a child that does not within ``START_GRACE_S`` is killed and forked again. The child is
-    killed when the time limit passes; its result is read as it is written, so a large
-    result cannot block on a full pipe.
+    value: Any
+    body: bytes
+
+
+def run_forked(fn: Callable[[Callable[[], None]], Any], timeout: float) -> Any:
+    """Run ``fn(started)`` in a forked child and return its (picklable) result, or raise (see below)."""
+    return run_forked_streaming(lambda started, emit: fn(started), timeout).value
+
+
+def run_forked_streaming(fn: Callable[[Callable[[], None], Callable[[bytes], None]], Any], timeout: float, *,
+                         max_bytes: int | None = None, max_memory: int | None = None) -> Forked:
+    """Run ``fn(started, emit)`` in a forked child; return its (picklable) result and what it emitted.
+
+    The child inherits the open Oxigraph store and only reads it. ``fn`` calls ``started()``
+    once it holds a snapshot of the store; a child that does not within ``START_GRACE_S`` is
+    killed and forked again, and after ``START_ATTEMPTS`` the store is answered busy. ``emit``
+    sends bytes to the parent, which reads them as they come (a large result cannot block on a
+    full pipe) and keeps at most ``max_bytes`` of them. The child may take ``max_memory`` bytes
+    more address space than the server has; past it the engine's allocation fails and the child
+    dies, answered :class:`MemoryLimit`. It is killed when the time limit passes.
     """
     deadline = time.monotonic() + timeout
     for _attempt in range(START_ATTEMPTS):
         try:
-            return _run_child(fn, deadline, timeout)
+            return _run_child(fn, deadline, timeout, max_bytes, max_memory)
         except _Stuck:
             continue
-    raise TimeLimit("the store was busy and the query could not start; try again")
+    raise StoreBusy("the store was busy and the query could not start; try again")
 
 
-def _run_child(fn: Callable[[Callable[[], None]], Any], deadline: float, timeout: float) -> Any:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _child(fn: Callable[..., Any], out: int, err: int, max_memory: int | None) -> None:
+    """The forked child's whole life: run ``fn``, send frames to ``out``, exit without cleanup."""
+    try:
+        os.dup2(err, 2)  # what the engine says when it aborts reaches the parent's log
+        if faulthandler.is_enabled():
+            faulthandler.enable(2)  # and so does Python's report of a crash
+
+        def emit(data: bytes) -> None:
+            _write_all(out, _DATA + len(data).to_bytes(8, "big") + data)
+
+        try:
+            _enter_sandbox("the query process")  # before the child touches the query
+            if max_memory is not None:
+                _limit_address_space(max_memory)
+            payload = pickle.dumps(("ok", fn(lambda: os.write(out, _STARTED), emit)),
+                                   protocol=pickle.HIGHEST_PROTOCOL)
+        except MemoryError:
+            payload = pickle.dumps(_failure(MemoryLimit(_MEMORY_DETAIL)))
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
+            payload = pickle.dumps(_failure(exc))
+        _write_all(out, _END + payload)
+    finally:
+        os._exit(0)
+
+
+_MEMORY_DETAIL = "the query needed more memory than its limit (ESI_QUERY_MAX_MEMORY_MB) and was stopped; narrow it"
+
+
+def _limit_address_space(extra: int) -> None:
+    with open("/proc/self/status", encoding="ascii") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, size + extra))
+
+
+def _run_child(fn: Callable[..., Any], deadline: float, timeout: float, max_bytes: int | None,
+               max_memory: int | None) -> Forked:
     read_end, write_end = os.pipe()
+    err_read, err_write = os.pipe()
     with _fork_lock, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns on fork with threads
         pid = os.fork()
-    if pid == 0:  # the child
+    if pid == 0:
         os.close(read_end)
-        try:
-            def started() -> None:
-                os.write(write_end, _STARTED)
-
-            try:
-                _enter_sandbox("the query process")  # before the child touches the query
-                payload = pickle.dumps(("ok", fn(started)), protocol=pickle.HIGHEST_PROTOCOL)
-            except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
-                payload = pickle.dumps(_failure(exc))
-            view = memoryview(_STARTED + payload)  # a child that failed before starting says so too
-            while view:
-                view = view[os.write(write_end, view):]
-        finally:
-            os._exit(0)
+        os.close(err_read)
+        _child(fn, write_end, err_write, max_memory)
     os.close(write_end)
-    chunks: list[bytes] = []
+    os.close(err_write)
+    raw, stderr = bytearray(), b""
     grace = time.monotonic() + START_GRACE_S
-    has_started = False
+    status: int | None = None
+    limit = None if max_bytes is None else max_bytes + (1 << 16)  # room for the frames and the trailer
     try:
-        while True:
+        open_fds = [read_end, err_read]
+        while read_end in open_fds:
             now = time.monotonic()
-            if not has_started and now > grace:
+            if not raw and now > grace:
                 raise _Stuck()
             if now >= deadline:
                 raise TimeLimit(f"the query ran longer than {timeout:g} s and was stopped; narrow it or add LIMIT")
-            ready, _, _ = select.select([read_end], [], [], min(deadline - now, 0.05 if not has_started else 0.25))
-            if ready:
-                chunk = os.read(read_end, 1 << 20)
+            ready, _, _ = select.select(open_fds, [], [], min(deadline - now, 0.05 if not raw else 0.25))
+            for fd in ready:
+                chunk = os.read(fd, 1 << 20)
                 if not chunk:
-                    break
-                if not has_started:
-                    has_started = True
-                    chunk = chunk[1:]
-                chunks.append(chunk)
+                    open_fds.remove(fd)
+                elif fd == err_read:
+                    stderr = (stderr + chunk)[-_STDERR_KEPT:]
+                else:
+                    raw += chunk
+                    if limit is not None and len(raw) > limit:
+                        raise ResponseTooLarge(max_bytes or 0)
+        status = _reap(pid)
+        if err_read in open_fds:
+            stderr = (stderr + _drain(err_read))[-_STDERR_KEPT:]
     finally:
         os.close(read_end)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        exitcode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    data = b"".join(chunks)
-    while data.startswith(_STARTED):  # the marker of a child that failed before starting
-        data = data[1:]
-    if not data:  # it died before it could answer: the exit status is all there is to say
-        log.error("a query process died without an answer (%s)", _death(exitcode))
-        raise ProcessCrashed(f"the query stopped the process that ran it ({_death(exitcode)}); it was logged")
-    result = pickle.loads(data)
-    if result[0] == "ok":
-        return result[1]
-    raise _remote(result, "a query process")
+        os.close(err_read)
+        if status is None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+    return _decode(raw, status, stderr)
+
+
+def _reap(pid: int) -> int | None:
+    """The exit status of a child that closed its pipe (it is exiting), or None after a second."""
+    for _ in range(100):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    return None
+
+
+def _drain(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, _STDERR_KEPT)
+    except BlockingIOError:
+        return b""
+
+
+def _decode(raw: bytearray, status: int | None, stderr: bytes) -> Forked:
+    """Read the child's frames: ``S``, then ``D`` + 8-byte length + bytes, then ``E`` + pickle."""
+    view, pos, parts = memoryview(raw), 0, []
+    if raw[:1] == _STARTED:
+        pos = 1
+    while pos < len(raw):
+        tag = raw[pos:pos + 1]
+        if tag == _DATA and pos + 9 <= len(raw):
+            size = int.from_bytes(raw[pos + 1:pos + 9], "big")
+            parts.append(bytes(view[pos + 9:pos + 9 + size]))
+            pos += 9 + size
+        elif tag == _END:
+            result = pickle.loads(view[pos + 1:])
+            if result[0] == "ok":
+                return Forked(result[1], b"".join(parts))
+            raise _remote(result, "a query process")
+        else:
+            break
+    raise _crashed(status, stderr)
+
+
+def _crashed(status: int | None, stderr: bytes) -> ESIError:
+    """Why a child died without an answer: its memory limit, or a crash (logged with what it said)."""
+    said = stderr.decode("utf-8", "replace").strip()
+    how = _death(os.waitstatus_to_exitcode(status) if status is not None else None)
+    if "memory allocation of" in said or "MemoryError" in said:
+        log.warning("a query process reached its memory limit (%s): %s", how, said[:500])
+        return MemoryLimit(_MEMORY_DETAIL)
+    log.error("a query process died without an answer (%s): %s", how, said or "it said nothing")
+    return ProcessCrashed(f"the query stopped the process that ran it ({how}); it was logged")
 
 
 # -- reasoning: a pool of worker processes -------------------------------------------------------

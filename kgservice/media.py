@@ -17,6 +17,9 @@ RDF_FORMATS = {
     NTRIPLES: ox.RdfFormat.N_TRIPLES,
 }
 GRAPH_FORMATS = list(RDF_FORMATS)
+RDFXML = "application/rdf+xml"
+#: What the service writes RDF in: the above, and RDF/XML (never read: its parsers can fetch and expand entities).
+RDF_OUT = {**RDF_FORMATS, RDFXML: ox.RdfFormat.RDF_XML}
 
 
 def essence(content_type: str | None) -> str:

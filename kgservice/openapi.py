@@ -14,19 +14,24 @@ from typing import Any
 from rdflib import XSD
 
 from . import __version__
+from .api import ONTOLOGY_FORMATS
 from .cases import CODE_PATTERN, ID_PATTERN
 from .contract import Contract, Spec
 from .kb import READERS
-from .media import GRAPH_FORMATS
+from .media import RDF_OUT
 from .queries import NAME_PATTERN, Catalog, NamedQuery
+from .queryrun import RESULTS_JSON
 from .service import Service
-from .sparql import RESULTS_JSON, SELECT_FORMATS
+from .sparql import CONSTRUCT_FORMATS, SELECT_FORMATS
 
 Schema = dict[str, Any]
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
-RESULT_FORMATS = [m for m in SELECT_FORMATS if m != JSON]  # application/json is answered as RESULTS_JSON
+# application/json and application/xml are answered as the SPARQL results formats, as RDF/XML for graphs
+_ALIASES = (JSON, "application/xml", "text/xml")
+RESULT_FORMATS = [m for m in SELECT_FORMATS if m not in _ALIASES]
+GRAPH_FORMATS = [m for m in CONSTRUCT_FORMATS if m not in _ALIASES]
 STRING: Schema = {"type": "string"}
 DATE: Schema = {"type": "string", "format": "date"}
 STRINGS: Schema = {"type": "array", "items": STRING}
@@ -42,7 +47,8 @@ ERRORS = {  # status: (component name, description, schema)
     415: ("UnsupportedMediaType", "The Content-Type is not one this operation reads", "Problem"),
     422: ("InvalidInput", "The input breaks the contract; every violation is listed", "ValidationProblem"),
 }
-TOO_MANY_RESULTS = ("TooManyResults", "The result has more rows than the service's limit: add LIMIT", "Problem")
+TOO_MANY_RESULTS = ("TooManyResults", "The answer is over a limit of the service (rows, bytes or memory), or the "
+                    "query stopped the engine: add LIMIT or narrow it", "Problem")
 
 
 def ref(name: str, kind: str = "schemas") -> Schema:
@@ -232,12 +238,14 @@ GRAPH_URIS = [
 ]
 RESULTS = {m: ref("SparqlResults") if m == RESULTS_JSON else STRING for m in RESULT_FORMATS}
 ROWS = ok("The query's rows", RESULTS)
-SPARQL_ERRORS = {**errors(400, 403, 406), "422": ref(TOO_MANY_RESULTS[0], "responses")}
+SPARQL_ERRORS = {**errors(400, 403, 406, 413), "422": ref(TOO_MANY_RESULTS[0], "responses")}
 SPARQL_OK = ok("SELECT and ASK results, CONSTRUCT and DESCRIBE graphs; with no query, the service description",
                {**RESULTS, **rdf(*GRAPH_FORMATS)})
 SPARQL_DESCRIPTION = ("The SPARQL 1.1 Protocol, queries only, over the ontology, its closure and every stored case "
-                      "with its inferences. Without a dataset the default graph is the union of all graphs. Updates "
-                      "(update=, application/sparql-update) are refused with 403.")
+                      "of the caller's site with its inferences. Without FROM, FROM NAMED, default-graph-uri or "
+                      "named-graph-uri the default graph is the union of all graphs; with them, they make the "
+                      "dataset. Updates (update=, application/sparql-update) are refused with 403. Without a query, "
+                      "GET answers the service description, open without a token.")
 
 
 def named_query_path(query: NamedQuery) -> Schema:
@@ -273,7 +281,7 @@ def paths(service: Service) -> dict[str, Schema]:
             "parameters": [CASE_ID],
             "get": operation("getCase", "cases", "A stored case: contract JSON, or its RDF", {
                 "200": ok("The case as asserted (with inferred=true, RDF also holds the inferences)",
-                          {JSON: ref("Case"), **rdf(*GRAPH_FORMATS)}),
+                          {JSON: ref("Case"), **rdf(*RDF_OUT)}),
                 **errors(404, 406)}, [query_param("inferred", {"type": "boolean", "default": False},
                                                   "RDF only: add the inferred graph")]),
             "put": operation("replaceCase", "cases", "Store or replace a case and answer it", {
@@ -292,7 +300,7 @@ def paths(service: Service) -> dict[str, Schema]:
         "/vocabulary": {"get": operation("vocabulary", "ontology", "Every accepted code, and the codes answers use", {
             "200": ok("Codes with label, IRI and definition, by contract field", {JSON: ref("Vocabulary")})})},
         "/ontology": {"get": operation("ontology", "ontology", "The ontology", {
-            "200": ok("The ontology", rdf(*GRAPH_FORMATS), ETag="the ontology version"),
+            "200": ok("The ontology", rdf(*ONTOLOGY_FORMATS), ETag="the ontology version and the format"),
             "304": {"description": "Not modified", "headers": {"ETag": {"schema": STRING}}},
             **errors(406)}, [{"name": "If-None-Match", "in": "header", "schema": STRING,
                                "description": "the ETag of a copy already held"}])},
@@ -306,7 +314,7 @@ def paths(service: Service) -> dict[str, Schema]:
                 query_param("query", STRING, "a SPARQL 1.1 query; absent: the service description"), *GRAPH_URIS],
                 description=SPARQL_DESCRIPTION),
             "post": operation("sparqlPost", "sparql", "SPARQL query (POST)", {
-                "200": SPARQL_OK, **SPARQL_ERRORS, **errors(413, 415)}, GRAPH_URIS, {
+                "200": SPARQL_OK, **SPARQL_ERRORS, **errors(415)}, GRAPH_URIS, {
                 "required": True, "content": content({
                     "application/x-www-form-urlencoded": obj({
                         "query": STRING, "default-graph-uri": STRINGS, "named-graph-uri": STRINGS}, ["query"]),

@@ -31,8 +31,7 @@ from flask import Blueprint, Response, current_app, request
 from .access import note, query_hash, requires
 from .errors import InvalidCase, NotFound, OntologyError, Violation
 from .ontology import ESI
-from .sparql import SELECT_FORMATS, run_limited
-from .store import QueryScope
+from .sparql import SELECT_FORMATS, answer
 from .web import negotiate, service
 
 bp = Blueprint("queries", __name__)
@@ -180,4 +179,4 @@ def run_query(name: str) -> Response:
     bindings = query.bindings(args, svc.kb.ontology.codes)
     note(query=name, query_sha256=query_hash(query.text, *(f"{k}={v}" for k, v in sorted(args.items()))))
     negotiate(SELECT_FORMATS)  # 406 before running anything
-    return run_limited(query.text, QueryScope(substitutions=bindings))
+    return answer(query.text, substitutions=bindings)

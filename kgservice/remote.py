@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -31,6 +31,7 @@ from .config import Settings
 from .errors import Conflict, ESIError, NotFound, QueryError
 from .isolation import TimeLimit
 from .ontology import ESI, Triple
+from .queryrun import Answer, QueryLimits, QueryRun, write_answer
 from .sitequery import ONTOLOGY_GRAPHS, case_prefix, confine, union_graph
 from .store import QueryScope, Reinferred, _list_pattern
 from .terms import QueryResult, Selects, Substitutions, solutions, triples_to_ox
@@ -182,9 +183,15 @@ class SparqlSite:
     def case_graphs(self, case_id: str) -> Selects:
         return _CaseGraphs(self, tuple(g[1:-1] for g in _graphs(self.site, case_id)))
 
-    def run_limited(self, query: str, scope: QueryScope, timeout_s: float, consume: Callable[[QueryResult], T]) -> T:
-        """Sent by this process; the engine stops it at ``timeout_s`` (and the HTTP client a little later)."""
-        return consume(self._query(query, scope, timeout_s))
+    def run_limited(self, run: QueryRun, limits: QueryLimits) -> Answer:
+        """Sent by this process; the engine stops it at the time limit (and the HTTP client a little later).
+        The answer is serialized here, under the same row and byte caps as the embedded store's."""
+        dataset = run.dataset
+        scope = QueryScope(dataset.default, dataset.named, run.substitutions) if dataset is not None \
+            else QueryScope(substitutions=run.substitutions)
+        chunks: list[bytes] = []
+        media = write_answer(self._query(run.text, scope, limits.timeout_s), run, limits, chunks.append)
+        return Answer(media, b"".join(chunks))
 
     def _query(self, sparql: str, scope: QueryScope, timeout_s: float | None = None) -> QueryResult:
         """A query on this site's graphs only (see :mod:`kgservice.sitequery`), with Oxigraph's result types."""

@@ -20,20 +20,54 @@ holds every site's graphs side by side, so the server builds each query's datase
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
 import pyoxigraph as ox
 
 from .errors import QueryError
-from .guard import _TOKEN, _resolve
 from .ontology import CASE_BASE
 from .store import GRAPH_BASE, QueryScope
 
 ONTOLOGY_GRAPHS = (GRAPH_BASE + "ontology", GRAPH_BASE + "ontology-closure")
 #: A graph no site has: the dataset when a query's own dataset named none of the site's graphs.
 EMPTY_GRAPH = GRAPH_BASE + "none"
+# Tokens as SPARQL reads them: a comment ends at CR or LF; an IRI excludes only U+0000-U+0020
+# and <>"{}|^`\ but may hold \u / \U escapes; a prefixed name's local part may hold
+# \-escapes (PN_LOCAL_ESC, e.g. ``ex:a\#``). Read any other way, a "comment" or "string"
+# could hide the rest of a line, and a SERVICE in it, from the check below.
+_TOKEN = re.compile(
+    r"""
+      (?P<comment>\#[^\r\n]*)
+    | (?P<string>'\'\'(?:[^'\\]|\\.|'(?!''))*'\'\'
+                |\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"
+                |'(?:[^'\\\n]|\\.)*'
+                |"(?:[^"\\\n]|\\.)*")
+    | (?P<iri><(?:[^<>"{}|^`\\\x00-\x20]|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8})*>)
+    | (?P<var>[?$]\w+)
+    | (?P<pname>(?:[A-Za-z][\w.-]*?)?:(?:[\w.:%-]|\\[_~.!$&'()*+,;=/?\#@%-])*)
+    | (?P<word>[A-Za-z_]+)
+    | (?P<other>\S)
+    """,
+    re.VERBOSE,
+)
+
+
+def _resolve(token: tuple[str, str], prefixes: dict[str, str], base: str) -> str:
+    kind, text = token
+    if kind == "iri":
+        return urljoin(base, text[1:-1]) if base else text[1:-1]
+    if kind == "pname":
+        prefix, _, local = text.partition(":")
+        if prefix not in prefixes:
+            raise QueryError(f"unknown prefix {prefix!r} in FROM")
+        return prefixes[prefix] + local
+    raise QueryError(f"FROM must be followed by a graph IRI, not {text!r}")
+
+
 #: IRI prefixes of an engine's built-in functions, refused in queries (Virtuoso: bif:, sql:).
 ENGINE_FUNCTIONS = ("bif:", "sql:", "http://www.openlinksw.com/")
 

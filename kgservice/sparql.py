@@ -1,18 +1,19 @@
 """The SPARQL 1.1 Protocol endpoint (queries only), answered by Oxigraph's engine.
 
-The dataset is the caller's site: the ontology, its closure and every stored case with its
-inferences. With no dataset in the request or the query, the default graph is the union of
-all graphs, so ``?case esi:hasApplicablePathway ?p`` works without ``GRAPH``.
+The dataset is the caller's site, and nothing else: the ontology, its closure and every stored
+case with its inferences (other sites live in other stores). A query without ``FROM``/``FROM
+NAMED`` and without the protocol's ``default-graph-uri``/``named-graph-uri`` sees the union of
+all the site's graphs as its default graph, so ``?case esi:hasApplicablePathway ?p`` works
+without ``GRAPH``. With them, they replace that dataset as SPARQL 1.1 says (the protocol's
+parameters over the query's clauses); a graph name the site does not hold is an empty graph,
+and nothing is ever fetched. Relative IRIs resolve against ``ESI_BASE_IRI``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Iterable
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from urllib.parse import parse_qsl
 
 import pyoxigraph as ox
 from flask import Blueprint, Response, request
@@ -20,18 +21,18 @@ from flask import Blueprint, Response, request
 from .access import note, query_hash, requires
 from .errors import ESIError, NotAcceptable, QueryError, UnsupportedMediaType
 from .guard import check_query
-from .media import GRAPH_FORMATS, RDF_FORMATS
-from .store import QueryScope
-from .terms import QueryResult, serialized
+from .queryrun import GRAPH_FORMATS, RESULT_FORMATS, Dataset, QueryLimits, QueryRun
+from .querytext import MAX_NESTING
 from .web import negotiate, service, site
 
 bp = Blueprint("sparql", __name__)
 
-RESULTS_JSON = "application/sparql-results+json"
-RESULTS_XML = "application/sparql-results+xml"
-CSV = "text/csv"
-TSV = "text/tab-separated-values"
-SELECT_FORMATS = [RESULTS_JSON, RESULTS_XML, CSV, TSV, "application/json"]
+#: Offered in this order: the first is the answer to a client that does not say.
+SELECT_FORMATS = list(RESULT_FORMATS)
+CONSTRUCT_FORMATS = ["text/turtle", "application/n-triples", "application/ld+json", "application/rdf+xml",
+                     "application/trig", "application/n-quads", "application/xml", "text/xml"]
+DESCRIPTION_FORMATS = ["text/turtle", "application/n-triples", "application/ld+json", "application/rdf+xml"]
+_MAX_FIELDS = 100
 
 
 class UpdateRefused(ESIError):
@@ -40,32 +41,35 @@ class UpdateRefused(ESIError):
     title = "Updates are refused"
 
 
-class RowLimit(ESIError):
-    status = 422
-    type_slug = "too-many-results"
-    title = "Too many results"
+def _asks_a_query() -> bool:
+    """The service description (GET without a query) is open; a query needs ``cases:read``."""
+    return request.method == "POST" or "query" in request.args or "update" in request.args
 
 
 @bp.route("/sparql", methods=["GET", "POST"])
-@requires("cases:read")
+@requires("cases:read", when=_asks_a_query)
 def endpoint() -> Response:
     query, default_graphs, named_graphs = _read_request()
     if query is None:
-        return _service_description(negotiate(GRAPH_FORMATS))
+        return _service_description(negotiate(DESCRIPTION_FORMATS))
     note(query_sha256=query_hash(query, *default_graphs, "|", *named_graphs))
-    check_query(query, default_graphs, named_graphs)
-    return run_limited(query, QueryScope(tuple(default_graphs), tuple(named_graphs)))
+    reading = check_query(query, service().settings.query_max_length)
+    dataset = None
+    if default_graphs or named_graphs:
+        dataset = Dataset(tuple(_graph_name(g) for g in default_graphs), tuple(_graph_name(g) for g in named_graphs))
+    return answer(query, dataset=dataset, own_dataset=reading.has_dataset)
 
 
-def run_limited(query: str, scope: QueryScope) -> Response:
-    """Run a query on the caller's site under the time limit and row cap (the store isolates it)."""
-    svc = service()
-    select_media, graph_media = _acceptable(SELECT_FORMATS), _acceptable(GRAPH_FORMATS)
-    max_rows = svc.settings.query_max_rows
-    media, body = svc.site_store(site()).run_limited(
-        query, scope, svc.settings.query_timeout_s,
-        lambda result: execute(result, select_media, graph_media, max_rows))
-    return Response(body, mimetype=media)
+def answer(query: str, dataset: Dataset | None = None, own_dataset: bool = False,
+           substitutions: dict[ox.Variable, Any] | None = None) -> Response:
+    """Run a checked query on the caller's site, under the service's limits, and send its answer."""
+    settings = service().settings
+    run = QueryRun(query, _acceptable(SELECT_FORMATS), _acceptable(CONSTRUCT_FORMATS), dataset=dataset,
+                   own_dataset=own_dataset, base_iri=settings.base_iri, substitutions=substitutions or {})
+    limits = QueryLimits(settings.query_timeout_s, settings.query_max_rows, settings.query_max_response_bytes,
+                         settings.query_max_memory_mb * 1024 * 1024)
+    found = service().site_store(site()).run_limited(run, limits)
+    return Response(found.body, mimetype=found.media_type)
 
 
 def _acceptable(offers: list[str]) -> str | None:
@@ -75,142 +79,131 @@ def _acceptable(offers: list[str]) -> str | None:
         return None
 
 
-def execute(result: QueryResult, select_media: str | None, graph_media: str | None,
-            max_rows: int) -> tuple[str, bytes]:
-    """Evaluate and serialize a query's result: ``(media type, body)``. Runs where the store runs the query."""
-    if isinstance(result, ox.QuerySolutions | ox.QueryBoolean):
-        if select_media is None:
-            raise NotAcceptable(f"a SELECT or ASK result can be sent as {', '.join(SELECT_FORMATS)}")
-        if isinstance(result, ox.QueryBoolean):
-            return _mime(select_media), _boolean(bool(result), select_media).encode()
-        variables = [v.value for v in result.variables]
-        rows = _capped(result, max_rows)
-        return _mime(select_media), _solutions(variables, rows, select_media).encode()
-    if graph_media is None:
-        raise NotAcceptable(f"a CONSTRUCT or DESCRIBE result can be sent as {', '.join(GRAPH_FORMATS)}")
-    triples = _capped(result, max_rows)
-    return graph_media, serialized(triples, format=RDF_FORMATS[graph_media])
+def _graph_name(iri: str) -> str:
+    try:
+        return ox.NamedNode(iri).value
+    except ValueError:
+        raise QueryError(f"{iri!r} in the request's dataset is not an absolute IRI") from None
+
+
+# -- the request -------------------------------------------------------------------------------
 
 
 def _read_request() -> tuple[str | None, list[str], list[str]]:
     """The query and the protocol dataset, from GET, POST form or POST application/sparql-query."""
-    args = request.args
-    if "update" in args:
-        raise UpdateRefused("this endpoint answers queries only")
-    queries = args.getlist("query")
-    default_graphs = args.getlist("default-graph-uri")
-    named_graphs = args.getlist("named-graph-uri")
+    fields = _fields(request.query_string, "utf-8")
     if request.method == "POST":
         kind = (request.mimetype or "").lower()
         if kind == "application/x-www-form-urlencoded":
-            form = request.form
-            if "update" in form:
-                raise UpdateRefused("this endpoint answers queries only")
-            queries += form.getlist("query")
-            default_graphs += form.getlist("default-graph-uri")
-            named_graphs += form.getlist("named-graph-uri")
+            fields += _fields(request.get_data(cache=True), _charset())
         elif kind == "application/sparql-query":
-            queries.append(request.get_data(as_text=True))
+            fields.append(("query", _decoded(request.get_data(cache=True), _charset())))
         elif kind == "application/sparql-update":
             raise UpdateRefused("this endpoint answers queries only")
         else:
             raise UnsupportedMediaType(
                 "POST a query as application/x-www-form-urlencoded or application/sparql-query")
-        if not queries:
-            raise QueryError("no query in the request")
+    if any(name == "update" for name, _ in fields):
+        raise UpdateRefused("this endpoint answers queries only")
+    queries = [value for name, value in fields if name == "query"]
+    if request.method == "POST" and not queries:
+        raise QueryError("no query in the request")
     if len(queries) > 1:
         raise QueryError("send exactly one query")
-    return (queries[0] if queries else None), default_graphs, named_graphs
+    return ((queries[0] if queries else None), [v for n, v in fields if n == "default-graph-uri"],
+            [v for n, v in fields if n == "named-graph-uri"])
 
 
-def _capped(items: Iterable[Any], limit: int) -> list[Any]:
-    out: list[Any] = []
-    for item in items:
-        if len(out) >= limit:
-            raise RowLimit(f"the result has more than {limit} rows; add LIMIT or narrow the query")
-        out.append(item)
-    return out
+def _charset() -> str:
+    charset = request.mimetype_params.get("charset", "utf-8")
+    try:
+        b"".decode(charset)  # LookupError for an unknown name and for codecs that are not text (rot13, base64)
+    except LookupError:
+        raise UnsupportedMediaType(f"charset {charset!r} is not known; send UTF-8") from None
+    return charset
 
 
-def _mime(media: str) -> str:
-    return RESULTS_JSON if media == "application/json" else media
+def _decoded(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset)
+    except UnicodeDecodeError as exc:
+        raise QueryError(f"the request body is not valid {charset}: {exc.reason} at byte {exc.start}") from None
 
 
-# -- result serializations -------------------------------------------------------------------
+def _fields(raw: bytes, charset: str) -> list[tuple[str, str]]:
+    """URL-encoded fields, decoded strictly: a byte sequence that is not ``charset`` is a 400."""
+    try:
+        return parse_qsl(_decoded(raw, charset), keep_blank_values=True, encoding=charset, errors="strict",
+                         max_num_fields=_MAX_FIELDS)
+    except UnicodeDecodeError as exc:
+        raise QueryError(f"a field of the request is not valid {charset}: {exc.reason}") from None
+    except ValueError as exc:
+        raise QueryError(f"the request's fields cannot be read: {exc}") from None
 
 
-def _term_json(term: Any) -> dict[str, str]:
-    if isinstance(term, ox.NamedNode):
-        return {"type": "uri", "value": term.value}
-    if isinstance(term, ox.BlankNode):
-        return {"type": "bnode", "value": term.value}
-    out = {"type": "literal", "value": term.value}
-    if term.language:
-        out["xml:lang"] = term.language
-    elif term.datatype.value != "http://www.w3.org/2001/XMLSchema#string":
-        out["datatype"] = term.datatype.value
-    return out
+# -- the service description ---------------------------------------------------------------------
+
+_DESCRIPTION = """@prefix sd: <http://www.w3.org/ns/sparql-service-description#> .
+@prefix fmt: <http://www.w3.org/ns/formats/> .
+@prefix ent: <http://www.w3.org/ns/entailment/> .
+@prefix dcterms: <http://purl.org/dc/terms/> .
+@prefix rdfs: <http://www.w3.org/2000/01/rdf-schema#> .
+@prefix xsd: <http://www.w3.org/2001/XMLSchema#> .
+@prefix lim: <https://w3id.org/esi-kg/service#> .
+
+<{endpoint}> a sd:Service ;
+    sd:endpoint <{endpoint}> ;
+    sd:supportedLanguage sd:SPARQL11Query ;
+    sd:resultFormat fmt:SPARQL_Results_JSON , fmt:SPARQL_Results_XML , fmt:SPARQL_Results_CSV ,
+        fmt:SPARQL_Results_TSV , fmt:Turtle , fmt:N-Triples , fmt:JSON-LD , fmt:RDF_XML , fmt:TriG , fmt:N-Quads ;
+    sd:feature sd:UnionDefaultGraph ;
+    sd:defaultEntailmentRegime ent:Simple ;
+    sd:defaultDataset <{endpoint}#dataset> ;
+    dcterms:description {about_service} ;
+    lim:baseIRI <{base}> ;
+    lim:queryTimeLimit "{timeout}"^^xsd:decimal ;
+    lim:maxResultRows {rows} ;
+    lim:maxQueryLength {length} ;
+    lim:maxResponseBytes {response} ;
+    lim:maxQueryMemoryBytes {memory} ;
+    lim:maxNesting {nesting} .
+
+<{endpoint}#dataset> a sd:Dataset ;
+    sd:defaultGraph [ a sd:Graph ; dcterms:description "The union of every graph of the caller's site." ] ;
+    sd:namedGraph [ a sd:NamedGraph ; sd:name <https://w3id.org/esi-kg/graph/ontology> ;
+                    dcterms:description "The ontology as written." ] ,
+                  [ a sd:NamedGraph ; sd:name <https://w3id.org/esi-kg/graph/ontology-closure> ;
+                    dcterms:description "The ontology's OWL 2 RL closure." ] ;
+    dcterms:description {about_dataset} .
+
+lim:baseIRI rdfs:comment "The IRI relative IRIs in a query are resolved against." .
+lim:queryTimeLimit rdfs:comment "Seconds a query may run; it is then stopped and answered 503." .
+lim:maxResultRows rdfs:comment "Rows (or triples) an answer may have; more is answered 422." .
+lim:maxQueryLength rdfs:comment "Characters a query may have; more is answered 413." .
+lim:maxResponseBytes rdfs:comment "Bytes a serialized answer may have; more is answered 422." .
+lim:maxQueryMemoryBytes rdfs:comment "Memory a query may take; more stops it, answered 422." .
+lim:maxNesting rdfs:comment "Levels of brackets or unary operators a query may nest; more is answered 400." .
+"""
 
 
-def _term_xml(term: Any) -> str:
-    if isinstance(term, ox.NamedNode):
-        return f"<uri>{escape(term.value)}</uri>"
-    if isinstance(term, ox.BlankNode):
-        return f"<bnode>{escape(term.value)}</bnode>"
-    if term.language:
-        return f"<literal xml:lang={quoteattr(term.language)}>{escape(term.value)}</literal>"
-    if term.datatype.value != "http://www.w3.org/2001/XMLSchema#string":
-        return f"<literal datatype={quoteattr(term.datatype.value)}>{escape(term.value)}</literal>"
-    return f"<literal>{escape(term.value)}</literal>"
-
-
-def _solutions(variables: list[str], rows: list[Any], media: str) -> str:
-    if media in (RESULTS_JSON, "application/json"):
-        bindings = [{v: _term_json(row[v]) for v in variables if row[v] is not None} for row in rows]
-        return json.dumps({"head": {"vars": variables}, "results": {"bindings": bindings}}, ensure_ascii=False)
-    if media == RESULTS_XML:
-        head = "".join(f"<variable name={quoteattr(v)}/>" for v in variables)
-        body = "".join(
-            "<result>" + "".join(f"<binding name={quoteattr(v)}>{_term_xml(row[v])}</binding>"
-                                 for v in variables if row[v] is not None) + "</result>"
-            for row in rows
-        )
-        return (f'<?xml version="1.0"?>\n<sparql xmlns="http://www.w3.org/2005/sparql-results#">'
-                f"<head>{head}</head><results>{body}</results></sparql>\n")
-    if media == CSV:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        writer.writerow(variables)
-        for row in rows:
-            writer.writerow(["" if row[v] is None else (f"_:{row[v].value}" if isinstance(row[v], ox.BlankNode)
-                                                         else row[v].value) for v in variables])
-        return buffer.getvalue()
-    lines = ["\t".join(f"?{v}" for v in variables)]
-    lines += ["\t".join("" if row[v] is None else str(row[v]) for v in variables) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _boolean(value: bool, media: str) -> str:
-    if media == RESULTS_XML:
-        return (f'<?xml version="1.0"?>\n<sparql xmlns="http://www.w3.org/2005/sparql-results#"><head/>'
-                f"<boolean>{'true' if value else 'false'}</boolean></sparql>\n")
-    if media in (CSV, TSV):
-        return ("true" if value else "false") + "\n"
-    return json.dumps({"head": {}, "boolean": value})
+_ABOUT_SERVICE = (
+    "SPARQL 1.1 queries (no updates, no SERVICE) over the caller's site only. A query without FROM, FROM NAMED, "
+    "default-graph-uri or named-graph-uri has the union of the site's graphs as its default graph; with them, they "
+    "make its dataset (the protocol's parameters over the query's clauses). A graph name the site does not hold is "
+    "an empty graph; nothing is ever fetched.")
+_ABOUT_DATASET = (
+    "Each stored case has two named graphs: <https://w3id.org/esi-kg/case/SITE/ID> as asserted and "
+    "<https://w3id.org/esi-kg/case/SITE/ID/inferred> with its inferences. A token sees its own site's graphs only.")
 
 
 def _service_description(media: str) -> Response:
-    endpoint = request.base_url
-    sd = "http://www.w3.org/ns/sparql-service-description#"
-    ttl = f"""@prefix sd: <{sd}> .
-@prefix fmt: <http://www.w3.org/ns/formats/> .
-[] a sd:Service ;
-   sd:endpoint <{endpoint}> ;
-   sd:supportedLanguage sd:SPARQL11Query ;
-   sd:resultFormat fmt:SPARQL_Results_JSON , fmt:SPARQL_Results_XML , fmt:SPARQL_Results_CSV ,
-                   fmt:SPARQL_Results_TSV , fmt:Turtle , fmt:N-Triples , fmt:JSON-LD ;
-   sd:feature sd:UnionDefaultGraph ;
-   sd:defaultDataset [ a sd:Dataset ; sd:defaultGraph [ a sd:Graph ] ] .
-"""
-    graph = ox.parse(ttl, format=ox.RdfFormat.TURTLE)
-    return Response(serialized(graph, format=RDF_FORMATS[media]), mimetype=media)
+    """Built from the settings (``ESI_PUBLIC_URL``), never from the request's Host header."""
+    settings = service().settings
+    text = _DESCRIPTION.format(
+        endpoint=settings.base_url + "/sparql", base=settings.base_iri, timeout=settings.query_timeout_s,
+        rows=settings.query_max_rows, length=settings.query_max_length, response=settings.query_max_response_bytes,
+        memory=settings.query_max_memory_mb * 1024 * 1024, nesting=MAX_NESTING,
+        about_service=json.dumps(_ABOUT_SERVICE), about_dataset=json.dumps(_ABOUT_DATASET))
+    body = text.encode() if media == "text/turtle" else ox.serialize(
+        ox.parse(text, format=ox.RdfFormat.TURTLE), format=GRAPH_FORMATS[media])
+    return Response(body, mimetype=media)

@@ -31,10 +31,11 @@ from typing import Any, Protocol, TypeVar, cast
 import pyoxigraph as ox
 
 from .cases import SITE_PATTERN, case_iri
-from .errors import Conflict, NotFound, QueryError
-from .isolation import run_forked
+from .errors import Conflict, NotFound
+from .isolation import run_forked_streaming
 from .ontology import ESI
-from .terms import QueryResult, Selects, Substitutions, Triple, solutions, triples_to_ox
+from .queryrun import Answer, QueryLimits, QueryRun, execute
+from .terms import Selects, Substitutions, Triple, solutions, triples_to_ox
 
 T = TypeVar("T")
 
@@ -81,7 +82,8 @@ class CaseGraphs:
 
 @dataclass(frozen=True)
 class QueryScope:
-    """What a query sees: the SPARQL Protocol's dataset (IRIs), and values bound by the engine.
+    """What a query sees on the remote store (:mod:`kgservice.sitequery`): the protocol's dataset (IRIs),
+    and values bound by the engine.
 
     No default graph named: the default graph is the union of all graphs. No named graph
     named: ``GRAPH`` reaches every graph of the site.
@@ -133,11 +135,14 @@ class SiteStore(Protocol):
     def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
         """A SELECT over the whole dataset (the union of its graphs), evaluated in this process."""
 
-    def run_limited(self, query: str, scope: QueryScope, timeout_s: float, consume: Callable[[QueryResult], T]) -> T:
-        """Evaluate a caller's query and hand its result to ``consume``, stopped after ``timeout_s``.
+    def run_limited(self, run: QueryRun, limits: QueryLimits) -> Answer:
+        """Run a caller's query on this site's dataset, and only on it, under ``limits``: its answer, serialized.
 
-        Raises :class:`QueryError` if the query does not parse or the scope names a bad IRI.
-        ``consume`` may run in another process (its return value must then be picklable)."""
+        The dataset is :meth:`QueryRun.options`'s (the union of the site's graphs unless the query or
+        the protocol names one; a name the site does not hold is an empty graph, never fetched).
+        Raises :class:`QueryError` if the query does not parse, ``NotAcceptable`` if the answer
+        cannot be sent as asked, ``RowLimit``/``ResponseTooLarge``/``MemoryLimit`` past a limit,
+        ``TimeLimit`` past the time limit and ``StoreBusy`` if the store cannot be read now."""
 
     def flush(self) -> None: ...
 
@@ -364,21 +369,13 @@ class OxigraphSite:
     def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
         return solutions(self.store.query(query, substitutions=substitutions or {}, use_default_graph_as_union=True))
 
-    def run_limited(self, query: str, scope: QueryScope, timeout_s: float, consume: Callable[[QueryResult], T]) -> T:
-        """The query runs in a child forked from this process, which reads the open store and is
-        killed at the time limit (see :func:`kgservice.isolation.run_forked`)."""
-        options = _query_options(scope)
-        store = self.store
-
-        def child(started: Callable[[], None]) -> T:
-            try:
-                result = store.query(query, **options)
-            except SyntaxError as exc:
-                raise QueryError(f"the query does not parse: {exc}") from None
-            started()  # the child holds its snapshot: from here on it only evaluates
-            return consume(result)
-
-        return cast(T, run_forked(child, timeout_s))
+    def run_limited(self, run: QueryRun, limits: QueryLimits) -> Answer:
+        """In a child forked from this process, which reads the open store and is killed at the time
+        or memory limit (see :func:`kgservice.isolation.run_forked`); it streams the answer back."""
+        forked = run_forked_streaming(lambda started, emit: execute(self.store, run, limits, started, emit),
+                                      limits.timeout_s, max_bytes=limits.max_bytes,
+                                      max_memory=limits.max_memory_bytes)
+        return Answer(forked.value, forked.body)
 
     # -- versions --------------------------------------------------------------------------
 
@@ -458,20 +455,6 @@ def release_freed_memory() -> None:
     """
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-def _query_options(scope: QueryScope) -> dict[str, Any]:
-    options: dict[str, Any] = {"substitutions": scope.substitutions}
-    try:
-        if scope.default_graphs:
-            options["default_graph"] = [ox.NamedNode(g) for g in scope.default_graphs]
-        else:
-            options["use_default_graph_as_union"] = True
-        if scope.named_graphs:
-            options["named_graphs"] = [ox.NamedNode(g) for g in scope.named_graphs]
-    except ValueError as exc:
-        raise QueryError(f"a graph in the request's dataset is not a valid IRI: {exc}") from None
-    return options
 
 
 def _list_pattern(category: str | None, pathway: str | None) -> tuple[str, str, Substitutions]:

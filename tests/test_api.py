@@ -40,6 +40,7 @@ PROBLEM = "application/problem+json"
 RESULTS_JSON = "application/sparql-results+json"
 RDF_MEDIA = {"text/turtle": ox.RdfFormat.TURTLE, "application/ld+json": ox.RdfFormat.JSON_LD,
              "application/n-triples": ox.RdfFormat.N_TRIPLES}
+ONTOLOGY_MEDIA = {**RDF_MEDIA, "application/rdf+xml": ox.RdfFormat.RDF_XML}  # RDF/XML out, never in
 ANSWER_KEYS = {"case", "ontology_version", "stale", "response", "pain_sources", "failure_causes", "pathways",
                "red_flags"}
 RESPONSE_KEYS = {"category", "baseline_score", "best_relief_percent", "days_since_injection"}
@@ -390,11 +391,11 @@ def test_vocabulary_accepts_exactly_the_contract_codes(stored: FlaskClient, fiel
     assert sorted(e["code"] for e in vocabulary[field]) == sorted(expected)
 
 
-@pytest.mark.parametrize("media_type", RDF_MEDIA)
+@pytest.mark.parametrize("media_type", ONTOLOGY_MEDIA)
 def test_ontology_in_each_rdf_format(stored: FlaskClient, media_type: str) -> None:
     response = stored.get("/ontology", headers={"Accept": media_type})
     assert response.status_code == 200 and response.mimetype == media_type
-    parsed = triples(response)
+    parsed = [q.triple for q in ox.parse(response.get_data(), format=ONTOLOGY_MEDIA[media_type])]
     assert triple(ESI + "foot-drop", SUBCLASS_OF, ESI + "MotorWeakness") in parsed
     assert any(t.object == ox.NamedNode("http://www.w3.org/2002/07/owl#Ontology") for t in parsed)
     assert response.headers["ETag"]
@@ -402,15 +403,23 @@ def test_ontology_in_each_rdf_format(stored: FlaskClient, media_type: str) -> No
 
 def test_ontology_etag_gives_304(stored: FlaskClient) -> None:
     etag = stored.get("/ontology").headers["ETag"]
-    assert etag == f'"{stored.get("/health").get_json()["ontology_version"]}"'
+    assert etag.startswith(f'"{stored.get("/health").get_json()["ontology_version"]}.')
     unchanged = stored.get("/ontology", headers={"If-None-Match": etag})
     assert unchanged.status_code == 304 and unchanged.get_data() == b""
     assert unchanged.headers["ETag"] == etag
     assert stored.get("/ontology", headers={"If-None-Match": '"0.0.0-old"'}).status_code == 200
 
 
+def test_each_representation_of_the_ontology_has_its_own_etag(stored: FlaskClient) -> None:
+    """A cache that stored the Turtle must not be told its copy is the JSON-LD (issue #11)."""
+    etags = {m: stored.get("/ontology", headers={"Accept": m}).headers["ETag"] for m in ONTOLOGY_MEDIA}
+    assert len(set(etags.values())) == len(ONTOLOGY_MEDIA), etags
+    turtle = stored.get("/ontology", headers={"Accept": "application/ld+json", "If-None-Match": etags["text/turtle"]})
+    assert turtle.status_code == 200 and turtle.headers["ETag"] == etags["application/ld+json"]
+
+
 def test_ontology_in_an_unavailable_media_type_is_406(stored: FlaskClient) -> None:
-    assert_problem(stored.get("/ontology", headers={"Accept": "application/rdf+xml"}), 406)
+    assert_problem(stored.get("/ontology", headers={"Accept": "text/html"}), 406)
 
 
 def test_health(stored: FlaskClient) -> None:

@@ -23,6 +23,8 @@ from kgservice.config import Settings
 from kgservice.errors import Conflict, ESIError, NotFound, QueryError
 from kgservice.isolation import TimeLimit
 from kgservice.kb import KnowledgeBase
+from kgservice.queryrun import RESULTS_JSON, Dataset, QueryLimits, QueryRun
+from kgservice.querytext import read
 from kgservice.service import Service
 from kgservice.store import QueryScope, SiteStore, SiteStores, open_stores
 
@@ -109,17 +111,19 @@ def body(case: dict[str, Any]) -> bytes:
     return json.dumps(case).encode()
 
 
-def seen(result: Any) -> Any:
-    """A query's result as plain values (it may come back from a forked child)."""
-    if isinstance(result, ox.QueryBoolean):
-        return bool(result)
-    if isinstance(result, ox.QuerySolutions):
-        return [{v.value: row[v].value for v in result.variables if row[v] is not None} for row in result]
-    return [str(t) for t in result]
-
-
 def run(service: Service, site: str, query: str, scope: QueryScope | None = None, timeout_s: float = 10) -> Any:
-    return service.site_store(site).run_limited(query, scope or QueryScope(), timeout_s, seen)
+    """A caller's query through ``SiteStore.run_limited``, its answer as plain values (rows, a boolean or triples)."""
+    scope = scope or QueryScope()
+    dataset = Dataset(scope.default_graphs, scope.named_graphs) if scope.default_graphs or scope.named_graphs else None
+    request = QueryRun(query, RESULTS_JSON, "application/n-triples", dataset=dataset,
+                       own_dataset=read(query).has_dataset, substitutions=scope.substitutions)
+    answer = service.site_store(site).run_limited(request, QueryLimits(timeout_s, 10_000, 1 << 24, 512 << 20))
+    if answer.media_type == "application/n-triples":
+        return [str(q.triple) for q in ox.parse(answer.body, format=ox.RdfFormat.N_TRIPLES)]
+    parsed = json.loads(answer.body)
+    if "boolean" in parsed:
+        return parsed["boolean"]
+    return [{k: v["value"] for k, v in row.items()} for row in parsed["results"]["bindings"]]
 
 
 def test_a_case_is_stored_read_replaced_and_deleted(service: Service, site: str, make_case: Any) -> None:

@@ -1,0 +1,298 @@
+"""One SPARQL query run under limits: what to run, its limits, and its answer, serialized by Oxigraph.
+
+A :class:`QueryRun` is the store-independent description of a query: the text, the dataset
+(``None``: the union default graph), the media types the client accepts. A site store runs it
+(``SiteStore.run_limited``); the embedded store does it in a forked child with :func:`execute`,
+which streams the answer out with Oxigraph's own serializers through :class:`CappedOutput`,
+which counts rows and bytes as they are written: one row over ``max_rows`` or one byte over
+``max_bytes`` stops the query with a problem, never with a truncated body.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, cast
+
+import pyoxigraph as ox
+
+from .errors import ESIError, NotAcceptable, QueryError
+from .media import RDF_OUT, RDFXML
+
+RESULTS_JSON = "application/sparql-results+json"
+RESULTS_XML = "application/sparql-results+xml"
+CSV = "text/csv"
+TSV = "text/tab-separated-values"
+#: SELECT and ASK results, by media type (the first is the default). ``application/json`` and
+#: ``application/xml`` are what generic clients ask for; they get the SPARQL results formats.
+RESULT_FORMATS = {
+    RESULTS_JSON: ox.QueryResultsFormat.JSON, RESULTS_XML: ox.QueryResultsFormat.XML,
+    CSV: ox.QueryResultsFormat.CSV, TSV: ox.QueryResultsFormat.TSV,
+    "application/json": ox.QueryResultsFormat.JSON, "application/xml": ox.QueryResultsFormat.XML,
+    "text/xml": ox.QueryResultsFormat.XML,
+}
+#: CONSTRUCT and DESCRIBE results (and RDF documents generally), by media type.
+GRAPH_FORMATS = {
+    **RDF_OUT, "application/trig": ox.RdfFormat.TRIG, "application/n-quads": ox.RdfFormat.N_QUADS,
+    "application/xml": ox.RdfFormat.RDF_XML, "text/xml": ox.RdfFormat.RDF_XML,
+}
+_SENT_AS = {"application/json": RESULTS_JSON, "application/xml": RESULTS_XML, "text/xml": RESULTS_XML}
+
+
+class RowLimit(ESIError):
+    status = 422
+    type_slug = "too-many-results"
+    title = "Too many results"
+
+
+class ResponseTooLarge(ESIError):
+    status = 422
+    type_slug = "response-too-large"
+    title = "Response too large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"the answer is larger than {max_bytes} bytes (ESI_QUERY_MAX_RESPONSE_BYTES); add LIMIT "
+                         "or select fewer or shorter values")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The RDF dataset of a query, by graph IRIs: a default graph merged from ``default``, and ``named``."""
+
+    default: tuple[str, ...] = ()
+    named: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueryRun:
+    """A query to run on a site's dataset, and how its answer may be sent.
+
+    ``dataset``: ``None`` runs the query on its own ``FROM``/``FROM NAMED`` when it has them
+    (``own_dataset``), else on the union default graph; a :class:`Dataset` (the protocol's
+    ``default-graph-uri``/``named-graph-uri``) replaces both."""
+
+    text: str
+    result_media: str | None
+    graph_media: str | None
+    dataset: Dataset | None = None
+    own_dataset: bool = False
+    base_iri: str | None = None
+    substitutions: dict[ox.Variable, Any] = field(default_factory=dict)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``pyoxigraph.Store.query``."""
+        options: dict[str, Any] = {"base_iri": self.base_iri}
+        if self.substitutions:
+            options["substitutions"] = self.substitutions
+        if self.dataset is not None:
+            options["default_graph"] = [ox.NamedNode(g) for g in self.dataset.default]
+            options["named_graphs"] = [ox.NamedNode(g) for g in self.dataset.named]
+        elif not self.own_dataset:
+            options["use_default_graph_as_union"] = True
+        return options
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    timeout_s: float
+    max_rows: int
+    max_bytes: int
+    max_memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    media_type: str
+    body: bytes
+
+
+# -- in the child ------------------------------------------------------------------------------------
+
+
+def execute(store: ox.Store, run: QueryRun, limits: QueryLimits, started: Callable[[], None],
+            emit: Callable[[bytes], None]) -> str:
+    """Run ``run`` on ``store`` and stream its answer to ``emit``; return the answer's media type."""
+    store.query("ASK { GRAPH ?g { ?s ?p ?o } }")  # takes a snapshot: a store that can be read
+    started()
+    try:
+        result = store.query(run.text, **run.options())
+    except SyntaxError as exc:
+        raise QueryError(f"the query does not parse: {exc}") from None
+    return write_answer(result, run, limits, emit)
+
+
+def write_answer(result: ox.QuerySolutions | ox.QueryBoolean | Iterable[ox.Triple], run: QueryRun,
+                 limits: QueryLimits, emit: Callable[[bytes], None]) -> str:
+    """Serialize a query's result as ``run`` asks, under the row and byte caps; return the media type."""
+    if isinstance(result, ox.QueryBoolean):
+        media = _need(run.result_media, RESULT_FORMATS, "an ASK result")
+        emit(_boolean(bool(result), media))
+        return _SENT_AS.get(media, media)
+    if isinstance(result, ox.QuerySolutions):
+        media = _need(run.result_media, RESULT_FORMATS, "a SELECT result")
+        output = CappedOutput(emit, limits.max_bytes, _row_counter(media, limits.max_rows))
+        _serializing(lambda: result.serialize(cast(IO[bytes], output), format=RESULT_FORMATS[media]))
+        return _SENT_AS.get(media, media)
+    media = _need(run.graph_media, GRAPH_FORMATS, "a CONSTRUCT or DESCRIBE result")
+    output = CappedOutput(emit, limits.max_bytes, None)
+    _serializing(lambda: ox.serialize(_capped(result, limits.max_rows), cast(IO[bytes], output),
+                                      format=GRAPH_FORMATS[media]))
+    return RDFXML if GRAPH_FORMATS[media] == ox.RdfFormat.RDF_XML else media
+
+
+def _need(media: str | None, formats: dict[str, Any], what: str) -> str:
+    if media is None:
+        offers = ", ".join(m for m in formats if m not in _SENT_AS or formats is GRAPH_FORMATS)
+        raise NotAcceptable(f"{what} can be sent as {offers}")
+    return media
+
+
+def _serializing(write: Callable[[], object]) -> None:
+    try:
+        write()
+    except OSError as exc:  # e.g. "JSON-LD does not support RDF 1.2": the format cannot carry the result
+        raise NotAcceptable(f"the result cannot be written in the format asked for: {exc}") from None
+
+
+def _boolean(value: bool, media: str) -> bytes:
+    """ASK results; as CSV and TSV, one column ``_askResult`` with one row (the convention other
+    stores follow, since the CSV/TSV results note defines SELECT results only)."""
+    word = "true" if value else "false"
+    if media == CSV:
+        return f"_askResult\r\n{word}\r\n".encode()
+    if media == TSV:
+        return f"?_askResult\n{word}\n".encode()
+    if RESULT_FORMATS[media] == ox.QueryResultsFormat.XML:
+        return (f'<?xml version="1.0"?>\n<sparql xmlns="http://www.w3.org/2005/sparql-results#"><head/>'
+                f"<boolean>{word}</boolean></sparql>\n").encode()
+    return json.dumps({"head": {}, "boolean": value}).encode()
+
+
+def _capped(triples: Iterable[ox.Triple], limit: int) -> Iterator[ox.Triple]:
+    for n, triple in enumerate(triples):
+        if n >= limit:
+            raise RowLimit(f"the result has more than {limit} triples; add LIMIT or narrow the query")
+        yield triple
+
+
+class CappedOutput(io.RawIOBase):
+    """A binary stream for Oxigraph's serializers that passes bytes on, counting bytes and rows."""
+
+    def __init__(self, emit: Callable[[bytes], None], max_bytes: int, rows: _Rows | None) -> None:
+        super().__init__()
+        self.emit, self.max_bytes, self.rows, self.size = emit, max_bytes, rows, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise ResponseTooLarge(self.max_bytes)
+        if self.rows is not None:
+            self.rows.feed(chunk)
+        self.emit(chunk)
+        return len(chunk)
+
+
+class _Rows:
+    """Counts the rows of a serialized SELECT result as its bytes go by; raises past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.count > self.limit:
+            raise RowLimit(f"the result has more than {self.limit} rows; add LIMIT or narrow the query")
+
+    def feed(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+
+class _LineRows(_Rows):
+    """TSV (line breaks in values are escaped) and CSV (values with line breaks are quoted):
+    one row per line break outside quotes, after the header line."""
+
+    def __init__(self, limit: int, quoted: bool) -> None:
+        super().__init__(limit + 1)  # the header line
+        self.quoted, self.in_quotes = quoted, False
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.quoted:
+            self.add(chunk.count(b"\n"))
+            return
+        for piece in chunk.split(b'"'):
+            if not self.in_quotes:
+                self.add(piece.count(b"\n"))
+            self.in_quotes = not self.in_quotes
+        self.in_quotes = not self.in_quotes  # n pieces are separated by n - 1 quotes
+
+
+class _XmlRows(_Rows):
+    """One ``<result>`` element per row; text is escaped, so the tag appears nowhere else."""
+
+    TAG = b"<result>"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.tail + chunk
+        self.add(data.count(self.TAG))
+        self.tail = data[-(len(self.TAG) - 1):]
+
+
+class _JsonRows(_Rows):
+    """One object opened at depth 3 (``{"results": {"bindings": [ {…} ]}}``) per row."""
+
+    CODE = re.compile(rb'["{}\[\]]')
+    STRING = re.compile(rb'["\\]')
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.depth, self.in_string, self.escaped = 0, False, False
+
+    def feed(self, chunk: bytes) -> None:
+        i, n = 0, len(chunk)
+        if self.escaped and n:
+            self.escaped, i = False, 1
+        while i < n:
+            if self.in_string:
+                found = self.STRING.search(chunk, i)
+                if found is None:
+                    return
+                i = found.end()
+                if found.group() == b'"':
+                    self.in_string = False
+                elif i < n:
+                    i += 1  # the escaped byte
+                else:
+                    self.escaped = True
+                continue
+            found = self.CODE.search(chunk, i)
+            if found is None:
+                return
+            byte, i = found.group(), found.end()
+            if byte == b'"':
+                self.in_string = True
+            elif byte in (b"{", b"["):
+                if byte == b"{" and self.depth == 3:
+                    self.add(1)
+                self.depth += 1
+            else:
+                self.depth -= 1
+
+
+def _row_counter(media: str, limit: int) -> _Rows:
+    fmt = RESULT_FORMATS[media]
+    if fmt == ox.QueryResultsFormat.JSON:
+        return _JsonRows(limit)
+    if fmt == ox.QueryResultsFormat.XML:
+        return _XmlRows(limit)
+    return _LineRows(limit, quoted=fmt == ox.QueryResultsFormat.CSV)
