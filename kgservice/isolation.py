@@ -239,14 +239,14 @@ def _run_child(fn: Callable[..., Any], deadline: float, timeout: float, max_byte
                 if not chunk:
                     open_fds.remove(fd)
                 elif fd == err_read:
-                    stderr = (stderr + chunk)[-_STDERR_KEPT:]
+                    stderr = _kept(stderr, chunk)
                 else:
                     raw += chunk
                     if limit is not None and len(raw) > limit:
                         raise ResponseTooLarge(max_bytes or 0)
         status = _reap(pid)
         if err_read in open_fds:
-            stderr = (stderr + _drain(err_read))[-_STDERR_KEPT:]
+            stderr = _kept(stderr, _drain(err_read))
     finally:
         os.close(read_end)
         os.close(err_read)
@@ -275,6 +275,15 @@ def _drain(fd: int) -> bytes:
         return os.read(fd, _STDERR_KEPT)
     except BlockingIOError:
         return b""
+
+
+def _kept(stderr: bytes, chunk: bytes) -> bytes:
+    """The first and the last ``_STDERR_KEPT`` bytes a child wrote: the cause comes first (the engine's
+    message), a traceback after it."""
+    both = stderr + chunk
+    if len(both) <= 2 * _STDERR_KEPT:
+        return both
+    return both[:_STDERR_KEPT] + b"\n[...]\n" + both[-_STDERR_KEPT:]
 
 
 def _decode(raw: bytearray, status: int | None, stderr: bytes) -> Forked:

@@ -117,7 +117,7 @@ def _read_request() -> tuple[str | None, list[str], list[str]]:
 def _charset() -> str:
     charset = request.mimetype_params.get("charset", "utf-8")
     try:
-        b"".decode(charset)  # LookupError for an unknown name and for codecs that are not text (rot13, base64)
+        "a".encode(charset)  # LookupError for an unknown name and for codecs that are not text (rot13, base64)
     except LookupError:
         raise UnsupportedMediaType(f"charset {charset!r} is not known; send UTF-8") from None
     return charset
