@@ -44,6 +44,7 @@ class _Incoming:
     conn: Any
     deadline: float
     buffer: bytearray = field(default_factory=bytearray)
+    scanned: int = 0  # how far the search for the end of the headers has looked
     body_start: int | None = None  # where the body begins, once the headers are in
     length: int | None = None  # Content-Length, or None for chunked
     chunk_at: int = 0  # chunked: where the next chunk's size line starts
@@ -139,7 +140,9 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             while buf.startswith(b"\r\n"):  # empty lines before a request are ignored (RFC 9112 2.2)
                 del buf[:2]
                 self.buffered -= 2
-            end = buf.find(b"\r\n\r\n")
+                incoming.scanned = 0
+            end = buf.find(b"\r\n\r\n", max(0, incoming.scanned - 3))  # each byte looked at once
+            incoming.scanned = len(buf)
             if (end < 0 and len(buf) > HEADER_LIMIT) or end > HEADER_LIMIT:
                 raise _Refuse(431, "Request Header Fields Too Large", f"the header section is over {HEADER_LIMIT} "
                                                                       "bytes")
