@@ -27,7 +27,7 @@ clinician_bp = Blueprint("clinician", __name__, template_folder="templates")
 
 VENDOR = Path(__file__).parent / "static" / "vendor"
 #: The pages load only this server's script and style files: no inline code, no framing.
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
             "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 

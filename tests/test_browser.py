@@ -195,8 +195,7 @@ def test_a_stored_case_is_found_by_a_named_query_on_the_query_page(server: RealS
 
 
 def test_an_edited_query_runs_on_the_sparql_endpoint_and_needs_a_token(server: RealServer, page: Any) -> None:
-    page.goto(f"{server.base_url}/query")
-    page.evaluate("sessionStorage.clear()")
+    page.goto(f"{server.base_url}/query")  # a new tab: no token yet
     page.click("#query-form button[type=submit]")
     sync_api.expect(page.locator("#query-status")).to_contain_text("Unauthorized")
     sign_in(page, server)
@@ -207,6 +206,10 @@ def test_an_edited_query_runs_on_the_sparql_endpoint_and_needs_a_token(server: R
     page.click("#query-form button[type=submit]")
     sync_api.expect(page.locator("#query-status")).to_contain_text("POST /sparql")
     sync_api.expect(page.locator("#results-table caption")).to_contain_text("row")
+    page.click("#session button:text-is('Sign out')")
+    page.wait_for_url("**/sign-in")
+    sync_api.expect(page.locator("#sign-in-status")).to_have_text("Not signed in.")
+    assert page.evaluate("sessionStorage.length") == 0
 
 
 def test_a_rule_of_the_answer_links_to_its_documentation(server: RealServer, page: Any) -> None:

@@ -226,6 +226,17 @@ def test_pages_load_only_their_own_files_under_a_strict_policy(app: Any, path: s
             assert not value.startswith(("http:", "https:", "//")), f"{path} loads {value} from elsewhere"
 
 
+def test_without_the_bundle_the_query_page_edits_plain_text(app: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    from kgservice import pages
+
+    monkeypatch.setattr(pages, "VENDOR", tmp_path)  # as after ESI_WEB_BUILD=skip
+    html = app.test_client().get("/query").get_data(as_text=True)
+    page = Page(html)
+    assert not [a for a, _ in page.scripts if "vendor" in a.get("src", "")]
+    assert page.by_id("query") and "editor was not built" in html  # the text area, and why
+
+
 def test_the_build_bundled_the_editor_and_committed_none_of_it() -> None:
     vendor = ROOT / "kgservice" / "static" / "vendor"
     assert (vendor / "editor.js").stat().st_size > 100_000, "pip install -e . runs hatch_build.py: npm ci + bundle"

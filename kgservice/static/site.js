@@ -19,15 +19,19 @@ window.ESI = (function () {
     if (!el || el.dataset.authRequired !== "true") return;
     const t = token();
     el.replaceChildren();
-    const link = document.createElement("a");
-    link.href = "/sign-in";
     if (t) {
-      el.append("Signed in with token " + tokenId(t) + " · ");
-      link.textContent = "Sign out";
+      const out = document.createElement("button");
+      out.type = "button";
+      out.className = "link";
+      out.textContent = "Sign out";
+      out.addEventListener("click", () => { sessionStorage.removeItem(KEY); location.assign("/sign-in"); });
+      el.append("Signed in with token " + tokenId(t) + " · ", out);
     } else {
+      const link = document.createElement("a");
+      link.href = "/sign-in";
       link.textContent = "Sign in";
+      el.append(link);
     }
-    el.append(link);
   }
   document.addEventListener("DOMContentLoaded", showSession);
   return {
