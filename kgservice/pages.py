@@ -32,7 +32,8 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
 
 
 def _page_headers(response: Response) -> Response:
-    # setdefault: a policy the app sets for every response (the security headers) comes first.
+    # Blueprint hooks run before the app's: a policy the app then sets for every response replaces
+    # this one, and one it set already (setdefault) is kept.
     response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
