@@ -44,7 +44,11 @@ class Field:
 
 
 def label_of(name: str) -> str:
-    """``spinal_region`` → ``Spinal region``."""
+    """A field's name as the form shows it.
+
+    >>> label_of("spinal_region")
+    'Spinal region'
+    """
     return name.replace("_", " ").capitalize()
 
 
@@ -180,5 +184,9 @@ def spoken(fields: list[Field], path: str) -> str:
 
 
 def input_id(path: str) -> str:
-    """An HTML id for the input named ``path``: ``pain_scores[1].score`` → ``f-pain_scores-1-score``."""
+    """An HTML id for the input named ``path``.
+
+    >>> input_id("pain_scores[1].score")
+    'f-pain_scores-1-score'
+    """
     return "f-" + re.sub(r"[^A-Za-z0-9_]+", "-", path).strip("-")

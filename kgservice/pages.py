@@ -49,7 +49,7 @@ clinician_bp.after_request(_page_headers)
 clinician_bp.after_request(_no_store)
 
 
-def _form_fields() -> list[forms.Field]:
+def form_fields() -> list[forms.Field]:
     from .openapi import case_schema
 
     vocabulary = service().vocabulary["input"]
@@ -99,7 +99,7 @@ def clinician() -> Response:
         return _clinician_page({})
     intent = request.form.get("intent", "")
     verb, _, target = intent.partition(":")
-    case = forms.read(_form_fields(), request.form, remove=target if verb == "remove" else None)
+    case = forms.read(form_fields(), request.form, remove=target if verb == "remove" else None)
     return _clinician_page(case, add=target if verb == "add" else None)
 
 
@@ -107,7 +107,7 @@ def clinician() -> Response:
 @requires("pathway:run")
 @accepts_form_token
 def clinician_assess() -> Response:
-    case = forms.read(_form_fields(), request.form)
+    case = forms.read(form_fields(), request.form)
     answer = service().pathway(json.dumps(case).encode("utf-8"), "application/json", site())
     return _clinician_page(case, answer=answer)
 
@@ -116,7 +116,7 @@ def clinician_assess() -> Response:
 @requires("cases:write")
 @accepts_form_token
 def clinician_store() -> Response:
-    case = forms.read(_form_fields(), request.form)
+    case = forms.read(form_fields(), request.form)
     stored = service().create(json.dumps(case).encode("utf-8"), "application/json", site())
     explain = "/query?" + urlencode({"example": "case-explanations", "case": str(case_iri(stored.case_id, site()))})
     return _clinician_page({**case, "id": stored.case_id}, answer=stored.answer, stored=stored.case_id,
@@ -126,7 +126,7 @@ def clinician_store() -> Response:
 @clinician_bp.errorhandler(ESIError)
 def page_error(exc: ESIError) -> Response:
     """A refused case is shown on the form: each violation at its input, the rest above the form."""
-    case = forms.read(_form_fields(), request.form) if request.method == "POST" else {}
+    case = forms.read(form_fields(), request.form) if request.method == "POST" else {}
     problem = exc.problem()  # from a reasoning worker, the error arrives as its problem JSON
     violations = [Violation(v.get("path", ""), v.get("message", "")) for v in problem.get("violations", [])]
     if exc.status == Conflict.status:
@@ -140,7 +140,7 @@ def page_error(exc: ESIError) -> Response:
 def _clinician_page(case: dict[str, Any], answer: dict[str, Any] | None = None, stored: str | None = None,
                     violations: list[Violation] | None = None, problem: dict[str, Any] | None = None,
                     add: str | None = None, explain: str | None = None, status: int = 200) -> Response:
-    fields = _form_fields()
+    fields = form_fields()
     errors, elsewhere = forms.errors_by_input(fields, case, violations or [])
     rows = {f.name: _rows(case.get(f.name), add == f.name) for f in fields if f.kind == "rows"}
     return _render("clinician.html", status, fields=fields, values=case, rows=rows, errors=errors,

@@ -114,10 +114,10 @@ def post(app: Any, path: str, data: MultiDict[str, str], token: str | None = Non
 @pytest.mark.parametrize("name", VIGNETTES)
 def test_a_filled_form_reads_back_as_the_case(app: Any, name: str) -> None:
     with app.app_context():
-        from kgservice.pages import _form_fields
+        from kgservice.pages import form_fields
 
         case = {k: v for k, v in VIGNETTES[name].items() if v not in ([], False)}
-        assert forms.read(_form_fields(), form_of(case)) == case
+        assert forms.read(form_fields(), form_of(case)) == case
 
 
 @pytest.mark.parametrize("name", VIGNETTES)
