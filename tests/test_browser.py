@@ -220,11 +220,13 @@ def test_a_rule_of_the_answer_links_to_its_documentation(server: RealServer, pag
     sync_api.expect(link).to_contain_text("urgent spine surgeon consultation")
     href = link.get_attribute("href")
     assert href.startswith("/docs#") and len(href) > len("/docs#"), href
+    anchor = href.split("#", 1)[1]
+    ontology = server.request("GET", "/ontology", headers={"Accept": "application/n-triples"}).body.decode()
+    assert f"<https://w3id.org/esi-kg/ontology#{anchor}> <http://www.w3.org/2000/01/rdf-schema#label>" in ontology
     if server.request("GET", "/docs").status == 404:
         pytest.skip(f"GET /docs is not on this build: the link {href} is checked, not followed")
     link.click()
     page.wait_for_url(f"**{href}")
-    anchor = href.split("#", 1)[1]
     sync_api.expect(page.locator(f"[id='{anchor}']")).to_be_visible()
     shot(page, "docs-rule", full_page=False)  # the whole documentation is one very tall page
 
