@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
 ALLOWED_HEADERS = ("Authorization", "Content-Type", "Accept", "If-None-Match")
 EXPOSED_HEADERS = ("Location", "ETag", "WWW-Authenticate")
 PREFLIGHT_MAX_AGE_S = 600
-PATIENT_DATA_PATHS = ("/cases", "/pathway", "/sparql", "/queries")
+PATIENT_DATA_PATHS = ("/cases", "/pathway", "/sparql", "/queries", "/clinician")  # the clinician's page echoes a case
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 
 

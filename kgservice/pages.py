@@ -3,6 +3,8 @@
 Server-rendered with Jinja2; small scripts under ``static/`` add the token header and update
 the page in place, but the clinician's form also works without them. The pages themselves
 hold no case data and are open; what they send goes through the same scopes as the API.
+They load only this server's script and style files: the strict default policy of
+``headers.py`` (no inline script or style, never framed) is all they need.
 """
 
 from __future__ import annotations
@@ -26,27 +28,6 @@ bp = Blueprint("pages", __name__, template_folder="templates")
 clinician_bp = Blueprint("clinician", __name__, template_folder="templates")
 
 VENDOR = Path(__file__).parent / "static" / "vendor"
-#: The pages load only this server's script and style files: no inline code, no framing.
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
-            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-
-
-def _page_headers(response: Response) -> Response:
-    # Blueprint hooks run before the app's: a policy the app then sets for every response replaces
-    # this one, and one it set already (setdefault) is kept.
-    response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    return response
-
-
-def _no_store(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"  # the clinician's pages echo the patient's case
-    return response
-
-
-bp.after_request(_page_headers)
-clinician_bp.after_request(_page_headers)
-clinician_bp.after_request(_no_store)
 
 
 def form_fields() -> list[forms.Field]:

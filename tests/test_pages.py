@@ -189,6 +189,7 @@ def test_storing_needs_cases_write_and_stores_the_case(app: Any, tokens: dict[st
     assert post(app, "/clinician/store", form, tokens["run"]).status_code == 403
     stored = post(app, "/clinician/store", form, tokens["all"])
     assert stored.status_code == 201 and "Stored as case <strong>page-stored</strong>" in stored.get_data(as_text=True)
+    assert stored.headers["Cache-Control"] == "no-store"  # the page holds the patient's case
     again = post(app, "/clinician/store", form, tokens["all"])
     assert again.status_code == 409 and Page(again.get_data(as_text=True)).named("id").get("aria-invalid") == "true"
     read = app.test_client().get("/cases/page-stored", headers={"Authorization": f"Bearer {tokens['all']}"})
