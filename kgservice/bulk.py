@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import pyoxigraph as ox
 
+from .batches import chunked
 from .cases import DEFAULT_SITE, load_json
 from .config import Settings
 from .errors import ESIError, MalformedInput, Problem
@@ -121,17 +122,6 @@ def serialized_quads(quads: list[ox.Quad]) -> bytes:
 # -- main side -------------------------------------------------------------------------------
 
 
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class Progress:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
@@ -187,13 +177,13 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
 
     items = read_items(path)
     if n_workers <= 0:
-        for batch in _batches(items, batch_size):
+        for batch in chunked(items, batch_size):
             take(reason_batch(batch, site, kb))
     else:
         with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                  initargs=(settings,)) as pool:
             pending: list[Future[list[tuple[int, str | None, Any]]]] = []
-            for batch in _batches(items, batch_size):
+            for batch in chunked(items, batch_size):
                 pending.append(pool.submit(reason_batch, batch, site))
                 while len(pending) >= 2 * n_workers:  # bounded memory: a few batches in flight
                     take(pending.pop(0).result())
