@@ -447,9 +447,10 @@ def _name_nodes(cg: CaseGraph) -> None:
 def observations(graph: Graph, case: URIRef) -> list[Triple]:
     """Day offsets: arithmetic only, no judgement.
 
-    Each pain score's ``esi:daysAfterInjection`` and the case's ``esi:daysSinceInjection``
-    (to its latest score). Which score is the baseline, which scores are responses and their
-    relief are the ontology's rules (``esi:rule-baseline-score``, ``esi:rule-relief``).
+    Each pain score's and diagnostic block's ``esi:daysAfterInjection``, and the case's
+    ``esi:daysSinceInjection`` (to its latest pain score). Which score is the baseline, which
+    scores are responses and their relief are the ontology's rules (``esi:rule-baseline-score``,
+    ``esi:rule-relief``).
     """
     injection = graph.value(case, ESI.hasInjection)
     injected = _date(graph.value(injection, ESI.performedOn)) if injection is not None else None
@@ -462,6 +463,9 @@ def observations(graph: Graph, case: URIRef) -> list[Triple]:
             out.append((node, ESI.daysAfterInjection, Literal((when - injected).days)))
     if out:
         out.append((case, ESI.daysSinceInjection, Literal(max(int(cast(Literal, t[2])) for t in out))))
+    for node in graph.objects(case, ESI.hasDiagnosticBlock):
+        if (when := _date(graph.value(node, ESI.performedOn))) is not None:
+            out.append((node, ESI.daysAfterInjection, Literal((when - injected).days)))
     return out
 
 

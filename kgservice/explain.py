@@ -26,10 +26,18 @@ class Facts:
 
     def __init__(self, *sources: Iterable[Triple], base: Facts | None = None) -> None:
         self._objects: dict[tuple[Node, Node], set[Node]] = {}
+        self._values: dict[Node, set[Node]] = {}
         self._base = base
         for source in sources:
             for s, p, o in source:
                 self._objects.setdefault((s, p), set()).add(o)
+                self._values.setdefault(s, set()).add(o)
+
+    def points_to(self, subject: Node, value: Node) -> bool:
+        """Whether ``subject`` has ``value`` as the object of any of its triples."""
+        if value in self._values.get(subject, ()):
+            return True
+        return self._base is not None and self._base.points_to(subject, value)
 
     def __contains__(self, triple: Triple) -> bool:
         s, p, o = triple
@@ -66,9 +74,21 @@ def derivations(ontology: Ontology, case: URIRef, facts: Facts) -> Iterator[Trip
                 yield why, RDF.type, ESI.Derivation
                 yield why, ESI.concludes, value
                 yield why, ESI.byRule, rule.term.iri
-                for text in dict.fromkeys(render(ontology, t, facts) for t in matched):
+                for text in dict.fromkeys(text for t in matched for text in reasons(ontology, t, facts)):
                     yield why, ESI.because, Literal(text)
+                if prop == ESI.hasApplicablePathway and (said := _inherited_urgency(ontology, case, value, facts)):
+                    yield why, ESI.because, Literal(said)
                 break
+
+
+def _inherited_urgency(ontology: Ontology, case: URIRef, pathway: URIRef, facts: Facts) -> str | None:
+    """The urgency a pathway takes on from the pathway it follows, in the ontology's words."""
+    inherited = ontology.inherited_urgency(pathway, facts.objects(case, ESI.hasApplicablePathway))
+    template = ontology.reason_template(ESI.urgencyFollows)
+    if inherited is None or template is None:
+        return None
+    urgency, source = inherited
+    return template.format(urgency=ontology.label(urgency), source=ontology.label(source))
 
 
 def satisfied(ontology: Ontology, expr: Expr, node: Node, facts: Facts) -> bool:
@@ -107,6 +127,18 @@ def _match(ontology: Ontology, expr: Expr, case: Node, facts: Facts, opened: set
         matched = [f for part in expr.parts if (f := _match(ontology, part, case, facts, opened)) is not None]
         return [t for f in matched for t in f] if matched else None
     raise TypeError(f"unknown class expression {expr!r}")
+
+
+def reasons(ontology: Ontology, fact: Triple, facts: Facts) -> list[str]:
+    """A case fact in words, with the numbers of the records it rests on (``esi:evidenceProperty``),
+    e.g. ``positive diagnostic block at: facet joint (block on day 20, relief 80 %, at least the
+    50 % positive-block threshold)``."""
+    case, prop, value = fact
+    said = [statement for via in ontology.evidence_properties.get(prop, ())  # type: ignore[call-overload]
+            for record in facts.objects(case, via) if facts.points_to(record, value)
+            for statement in facts.objects(record, ESI.statement)]
+    text = render(ontology, fact, facts)
+    return [f"{text} ({'; '.join(str(s) for s in said)})" if said else text]
 
 
 def render(ontology: Ontology, fact: Triple, facts: Facts) -> str:

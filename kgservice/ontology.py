@@ -7,6 +7,7 @@ the answers and the vocabulary need, so that no request parses or walks the onto
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -331,6 +332,52 @@ class Ontology:
                     urgency_follows=URIRef(str(follows)) if follows is not None else None,
                 )
         return info
+
+    @cached_property
+    def explanation_order(self) -> tuple[tuple[str, int], ...]:
+        """``(reason prefix, esi:explanationOrder)``, longest first: a reason that begins with a
+        property's label (``"diagnosis: …"``) states a fact with that property, one that begins
+        ``"is a <class label>"`` a case's membership of that class."""
+        found = []
+        for term, n in self.graph.subject_objects(ESI.explanationOrder):
+            is_class = (term, RDF.type, OWL.Class) in self.graph
+            found.append((f"is a {self.label(term)}" if is_class else f"{self.label(term)}:", int(cast(Literal, n))))
+        return tuple(sorted(found, key=lambda pair: (-len(pair[0]), pair[0])))
+
+    def reason_key(self, reason: str) -> tuple[int, str]:
+        """Where a reason goes among its conclusion's reasons: clinical order, then text.
+
+        >>> Ontology.load(Path(__file__).parent.parent / "ontology" / "esi.ttl").reason_key("red flag: foot drop")
+        (20, 'red flag: foot drop')
+        """
+        rank = next((n for prefix, n in self.explanation_order if reason.startswith(prefix)), 0)
+        return rank, reason
+
+    @cached_property
+    def evidence_properties(self) -> dict[URIRef, tuple[URIRef, ...]]:
+        """Property → the properties leading to the case records that a fact with it rests on."""
+        found: dict[URIRef, list[URIRef]] = {}
+        for prop, via in self.graph.subject_objects(ESI.evidenceProperty):
+            found.setdefault(URIRef(str(prop)), []).append(URIRef(str(via)))
+        return {k: tuple(sorted(v)) for k, v in found.items()}
+
+    def reason_template(self, term: URIRef) -> str | None:
+        template = self.graph.value(term, ESI.reasonTemplate)
+        return str(template) if template is not None else None
+
+    @cached_property
+    def _urgency_sources(self) -> dict[URIRef, frozenset[URIRef]]:
+        """For each pathway whose urgency follows a kind of pathway: the pathways of that kind."""
+        return {pw: frozenset(self.members(info.urgency_follows)) for pw, info in self.pathways.items()
+                if info.urgency_follows is not None}
+
+    def inherited_urgency(self, pathway: URIRef, applicable: Iterable[Node]) -> tuple[URIRef, URIRef] | None:
+        """``(urgency, source)`` for a pathway that takes its urgency from an applicable pathway of
+        the kind it follows (``esi:urgencyFollows``): the most pressing one; None if none applies."""
+        found = sorted(((own, source) for source in self._urgency_sources.get(pathway, frozenset()) & set(applicable)
+                        if (own := self.pathways[source].urgency) is not None),
+                       key=lambda pair: (-self.urgency_rank.get(pair[0], 0), str(pair[1])))
+        return found[0] if found else None
 
     @cached_property
     def urgency_rank(self) -> dict[URIRef, int]:

@@ -6,7 +6,6 @@ just reasoned, or a stored case's two graphs in its site's store.
 
 from __future__ import annotations
 
-from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -36,15 +35,6 @@ class AnswerBuilder:
         self._conclusions = _query("answer-conclusions.rq")
         self._observations = _query("answer-observations.rq")
         self._red_flags = _query("answer-red-flags.rq")
-
-    @cached_property
-    def _urgency_sources(self) -> dict[URIRef, frozenset[URIRef]]:
-        """For each pathway whose urgency follows a kind of pathway: the pathways of that kind."""
-        return {
-            pw: frozenset(self.ontology.members(info.urgency_follows))
-            for pw, info in self.ontology.pathways.items()
-            if info.urgency_follows is not None
-        }
 
     def answer(self, facts: Selects, case: URIRef, case_id: str) -> dict[str, Any]:
         """The answer for ``case``, read from the graphs that hold its facts."""
@@ -95,8 +85,10 @@ class AnswerBuilder:
         return answer
 
     def _why(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The reasons in clinical order (``esi:explanationOrder``), and the rule."""
         rule: Term | None = self.ontology.term(entry["rule"]) if entry["rule"] is not None else None
-        return {"because": sorted(entry["because"]), "rule": rule.ref() if rule else None}
+        because = sorted(entry["because"], key=self.ontology.reason_key)
+        return {"because": because, "rule": rule.ref() if rule else None}
 
     def _code(self, iri: URIRef) -> str:
         return self.ontology.term(iri).code
@@ -111,13 +103,8 @@ class AnswerBuilder:
             return None
         if info.urgency is not None:
             return self._code(info.urgency)
-        ranks = self.ontology.urgency_rank
-        inherited = [
-            own
-            for source in self._urgency_sources.get(pathway, frozenset()) & applicable
-            if (own := self.ontology.pathways[source].urgency) is not None
-        ]
-        return self._code(max(inherited, key=lambda u: ranks.get(u, 0))) if inherited else None
+        inherited = self.ontology.inherited_urgency(pathway, applicable)
+        return self._code(inherited[0]) if inherited is not None else None
 
     def _flags(self, rows: ox.QuerySolutions) -> list[dict[str, str]]:
         codes = {URIRef(row["type"].value) for row in rows if self.ontology.is_code(URIRef(row["type"].value))}

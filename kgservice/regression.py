@@ -20,7 +20,7 @@ from typing import Any
 
 #: What an ``expect`` object may state; anything else is a typo in a case file.
 EXPECT_KEYS = frozenset({"category", "pathways", "pathways_include", "pathways_exclude", "pain_sources",
-                         "failure_causes", "red_flags", "urgency", "response", "because"})
+                         "failure_causes", "red_flags", "urgency", "response", "because", "reasons"})
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,9 @@ def unmet(answer: dict[str, Any], expect: dict[str, Any]) -> list[str]:
         got = answer["response"][key]
         if got is None or abs(got - value) > 0.005:
             misses.append(f"response.{key}: expected {value}, got {got}")
+    for what, exact in expect.get("reasons", {}).items():
+        if (said := _reasons_of(answer, what)) != exact:
+            misses.append(f"{what}: reasons expected {exact}, got {said}")
     for what, parts in expect.get("because", {}).items():
         reasons = _reasons_of(answer, what)
         misses += [f"{what}: no reason says {part!r}" for part in parts

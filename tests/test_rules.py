@@ -91,7 +91,8 @@ def test_a_wrong_expectation_fails(kb: KnowledgeBase, make_case: Any) -> None:
     answer = kb.answer_json(make_case())
     for wrong in ({"category": "responder"}, {"pathways": []}, {"pathways_include": ["discectomy"]},
                   {"pain_sources": ["muscle"]}, {"urgency": {"advanced-physical-therapy": "urgent"}},
-                  {"response": {"baseline_score": 7}}, {"because": {"response": ["no such words"]}}):
+                  {"response": {"baseline_score": 7}}, {"because": {"response": ["no such words"]}},
+                  {"reasons": {"advanced-physical-therapy": []}}):
         with pytest.raises(AssertionError):
             check_answer(answer, wrong)
 
