@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="check the ontology: quality shapes, OWL 2 RL profile, rules")
     c.add_argument("--ontology", type=Path, help="ontology file (default: the shipped one or ESI_ONTOLOGY_PATH)")
+    c.add_argument("--format", choices=("text", "json", "tsv", "md"), default="text",
+                   help="report format (default: text, one line per problem and a summary)")
+    c.add_argument("--fail-on", choices=("error", "warn"), default="error",
+                   help="exit 1 on errors (default) or on warnings too")
     c.set_defaults(run=cmd_check)
     return parser
 
@@ -285,9 +289,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if args.ontology is not None:
         settings = settings.with_(ontology_path=args.ontology)
     report = check_ontology(settings)
-    for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
+    print(report.render(args.format))
+    return 1 if report.fails(args.fail_on) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
