@@ -157,6 +157,8 @@ MISTAKES = [
     pytest.param(lambda t: t.replace("    owl:priorVersion <https://w3id.org/esi-kg/ontology/1.0.0> ;\n", "", 1)
                  .replace("    owl:versionIRI <https://w3id.org/esi-kg/ontology/1.1.0> ;\n", "", 1),
                  "header", ["owl:versionIRI"], id="header-without-version-iri"),
+    pytest.param(append("esi:observedOn rdfs:range xsd:date .\n"),
+                 "datatype-outside-owl2", ["esi:observedOn", "xsd:date", "OWL 2 datatype map"], id="xsd-date-range"),
     pytest.param(edit("esi:rule-no-red-flag", r"esi:stratum 1 ; ", ""),
                  "SparqlRuleShape", ["esi:rule-no-red-flag", "esi:stratum"], id="sparql-rule-without-stratum"),
 ]
