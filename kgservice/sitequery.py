@@ -35,6 +35,8 @@ from .store import GRAPH_BASE, QueryScope
 ONTOLOGY_GRAPHS = (GRAPH_BASE + "ontology", GRAPH_BASE + "ontology-closure")
 #: A graph no site has: the dataset when a query's own dataset named none of the site's graphs.
 EMPTY_GRAPH = GRAPH_BASE + "none"
+# Tokens for the rewriting (the endpoint's check is kgservice.querytext), linear: a name is read
+# once, possessively (a lazy prefix rescanned the rest of a long word at every letter: quadratic).
 # Tokens as SPARQL reads them: a comment ends at CR or LF; an IRI excludes only U+0000-U+0020
 # and <>"{}|^`\ but may hold \u / \U escapes; a prefixed name's local part may hold
 # \-escapes (PN_LOCAL_ESC, e.g. ``ex:a\#``). Read any other way, a "comment" or "string"
@@ -48,8 +50,8 @@ _TOKEN = re.compile(
                 |"(?:[^"\\\n]|\\.)*")
     | (?P<iri><(?:[^<>"{}|^`\\\x00-\x20]|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8})*>)
     | (?P<var>[?$]\w+)
-    | (?P<pname>(?:[A-Za-z][\w.-]*?)?:(?:[\w.:%-]|\\[_~.!$&'()*+,;=/?\#@%-])*)
-    | (?P<word>[A-Za-z_]+)
+    | (?P<pname>(?:[A-Za-z][\w.-]*+)?:(?:[\w.:%-]|\\[_~.!$&'()*+,;=/?\#@%-])*+)
+    | (?P<word>[A-Za-z_]\w*+)
     | (?P<other>\S)
     """,
     re.VERBOSE,
