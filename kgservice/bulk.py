@@ -85,7 +85,10 @@ _kb: Any = None
 
 def _init_worker(settings: Settings) -> None:
     global _kb
+    from . import sandbox
     from .kb import KnowledgeBase
+
+    sandbox.enter("a loader worker")  # it reasons over files only: it never needs the network
 
     _kb = KnowledgeBase.from_settings(settings)
 

@@ -134,9 +134,8 @@ SPARQL_PARTS = ["SELECT", "ASK", "CONSTRUCT", "DESCRIBE", "WHERE", "*", "{", "}"
                 "+", "/", "|", "^", "?", "rdfs:subClassOf*", "EXISTS", "NOT EXISTS", "IN", "FROM", "FROM NAMED",
                 "SERVICE", "SILENT", "\\u0053", "# c\n", "\n", "PREFIX esi: <https://w3id.org/esi-kg/ontology#>",
                 "PREFIX xsd: <http://www.w3.org/2001/XMLSchema#>", "BASE <https://w3id.org/esi-kg/>", "LOAD", "INSERT",
-                "DATA", "DELETE", "CLEAR", "DROP"]
-#: Triple terms (``<<( … )>>``) are left out until the SPARQL engineer's fix for them in results
-#: lands (issue 9, item 6: the result serializers do not know ox.Triple yet).
+                "DATA", "DELETE", "CLEAR", "DROP", "<<(", ")>>", "<<", ">>", "{|", "|}", "TRIPLE", "SUBJECT",
+                "isTRIPLE", "{" * 300, "(" * 300, "}" * 300]
 ACCEPTS = ["application/sparql-results+json", "application/sparql-results+xml", "text/csv",
            "text/tab-separated-values", "text/turtle", "application/n-triples", "application/ld+json", "text/html",
            "*/*", ""]

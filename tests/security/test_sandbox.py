@@ -287,3 +287,15 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def test_loader_workers_run_inside_the_sandbox(tmp_path: Path) -> None:
+    """``kgservice load``'s worker processes reason over files: they enter the sandbox too."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from kgservice import bulk
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=bulk._init_worker,
+                             initargs=(Settings(data_dir=tmp_path),)) as pool:
+        assert pool.submit(sandbox.entered).result(timeout=120) is True
