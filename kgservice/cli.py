@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (default: ESI_HOST or 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default: ESI_PORT or 8000)")
     s.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
+    s.add_argument("--workers", type=int, help="API processes (default: ESI_WORKERS or 1; more than 1 needs "
+                                                 "ESI_STORE=sparql)")
     s.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or reasonable)")
     s.set_defaults(run=cmd_serve)
 
@@ -153,8 +155,13 @@ def cmd_pathway(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .server import serve
 
-    settings = settings.with_(**{k: v for k, v in (("host", args.host), ("port", args.port),
-                                                   ("data_dir", args.data_dir)) if v is not None})
+    try:
+        settings = settings.with_(**{k: v for k, v in (("host", args.host), ("port", args.port),
+                                                       ("data_dir", args.data_dir), ("workers", args.workers))
+                                     if v is not None})
+    except ValueError as exc:
+        print(f"kgservice: {exc}", file=sys.stderr)
+        return 2
     serve(settings)
     return 0
 

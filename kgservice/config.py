@@ -37,6 +37,7 @@ class Settings:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1
     threads: int = 8
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -96,6 +97,12 @@ class Settings:
             raise ValueError(f"shacl_engine must be one of {', '.join(SHACL_ENGINES)}, not {self.shacl_engine!r}")
         if self.store not in STORES:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.workers > 1 and self.store != "sparql":
+            raise ValueError(f"{self.workers} API workers need ESI_STORE=sparql: the embedded Oxigraph store "
+                             "(RocksDB) allows one writing process, so it is served by one worker, which answers "
+                             "with ESI_THREADS threads and reasons on every core")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
         if self.store == "sparql" and not self.sparql_endpoint:
             raise ValueError("ESI_STORE=sparql needs ESI_SPARQL_ENDPOINT (the store's SPARQL query endpoint)")
 

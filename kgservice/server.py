@@ -2,7 +2,9 @@
 
 One worker process owns the Oxigraph stores (RocksDB allows a single writer process) and
 answers with several threads, each given a request only once it has been read whole
-(``kgservice/httpworker.py``: slow clients hold no thread); the CPU-bound pipeline runs in a pool of reasoning processes
+(``kgservice/httpworker.py``: slow clients hold no thread); with a remote store
+(``ESI_STORE=sparql``) ``--workers N`` starts N, which share nothing but the store (and this
+host's tokens and audit log); the CPU-bound pipeline runs in a pool of reasoning processes
 (one per core unless ``ESI_REASONING_WORKERS`` says otherwise), so every core is used.
 The network guard is installed in the worker and in every reasoning process. Flask's
 development server and debugger are never used.
@@ -28,7 +30,7 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
         s = self.settings
         options: dict[str, Any] = {
             "bind": f"{s.host}:{s.port}",
-            "workers": 1,
+            "workers": s.workers,
             "worker_class": "kgservice.httpworker.BufferedThreadWorker",  # slow clients hold no thread
             "threads": s.threads,
             "timeout": max(30, int(s.query_timeout_s * 3)),
@@ -57,8 +59,8 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
 
             allow = store_addresses(settings)
         install_network_guard(allow)  # from here on, nothing in this process may connect out but to the store
-        if settings.reasoning_workers is None:
-            settings = settings.with_(reasoning_workers=os.cpu_count() or 2)
+        if settings.reasoning_workers is None:  # the cores, shared by the API workers
+            settings = settings.with_(reasoning_workers=max(1, (os.cpu_count() or 2) // settings.workers))
         return create_app(settings, service=Service(settings, guard=True))
 
 
