@@ -239,23 +239,37 @@ class SparqlSite:
     # -- writing: each one SPARQL Update operation --------------------------------------------
 
     def set_ontology(self, version: str, ontology: Iterable[Triple], closure: Iterable[Triple]) -> None:
-        """Replace the ontology graphs (shared by every site of the store) when the version changed.
+        """Bring the ontology graphs (shared by the store's sites) and the copy in this site's union
+        graph to ``version``.
 
-        Several requests (the ontology is too large for one operation's template); each process
-        that finds an old version empties the graphs and then writes them whole, version last,
-        so that processes starting together still leave them complete."""
-        if self.ontology_version() == version:
+        The shared graphs take several requests (the ontology is too large for one operation's
+        template): each process that finds an old version empties them and writes them whole,
+        version last, so that processes starting together still leave them complete. The site's
+        copy is then replaced in one operation (its triples are the union graph's that are not
+        about a case)."""
+        if self._site_ontology_version() == version:
             return
         onto, closed = (f"<{g}>" for g in ONTOLOGY_GRAPHS)
-        self.client.update(f"DELETE {{ GRAPH ?g {{ ?s ?p ?o }} }} WHERE {{ VALUES ?g {{ {onto} {closed} }} "
-                           "GRAPH ?g { ?s ?p ?o } }")
-        skolem = f"{SKOLEM}ontology/"
-        for graph, source in ((onto, ontology), (closed, closure)):
-            triples = [_skolem(q.triple, skolem) for q in triples_to_ox(source, ox.DefaultGraph())]
-            for start in range(0, len(triples), _DATA_CHUNK):
-                chunk = _triples(triples[start:start + _DATA_CHUNK])
-                self.client.update(f"INSERT DATA {{ GRAPH {graph} {{ {chunk} }} }}")
-        self.client.update(f"INSERT DATA {{ GRAPH {onto} {{ {onto} {_VERSION} {ox.Literal(version)} }} }}")
+        if self.ontology_version() != version:
+            self.client.update(f"DELETE {{ GRAPH ?g {{ ?s ?p ?o }} }} WHERE {{ VALUES ?g {{ {onto} {closed} }} "
+                               "GRAPH ?g { ?s ?p ?o } }")
+            skolem = f"{SKOLEM}ontology/"
+            for graph, source in ((onto, ontology), (closed, closure)):
+                triples = [_skolem(q.triple, skolem) for q in triples_to_ox(source, ox.DefaultGraph())]
+                for start in range(0, len(triples), _DATA_CHUNK):
+                    chunk = _triples(triples[start:start + _DATA_CHUNK])
+                    self.client.update(f"INSERT DATA {{ GRAPH {graph} {{ {chunk} }} }}")
+            self.client.update(f"INSERT DATA {{ GRAPH {onto} {{ {onto} {_VERSION} {ox.Literal(version)} }} }}")
+        prefix = case_prefix(self.site)
+        self.client.update(
+            f"DELETE {{ GRAPH {self.union} {{ ?s ?p ?o }} }} INSERT {{ GRAPH {self.union} {{ ?ns ?np ?no }} }} "
+            f"WHERE {{ {{ GRAPH {self.union} {{ ?s ?p ?o }} FILTER(!STRSTARTS(STR(?s), \"{prefix}\")) }} UNION "
+            f"{{ VALUES ?g {{ {onto} {closed} }} GRAPH ?g {{ ?ns ?np ?no }} }} }}")
+        self.client.update(f"INSERT DATA {{ GRAPH {self.union} {{ {self.union} {_VERSION} {ox.Literal(version)} }} }}")
+
+    def _site_ontology_version(self) -> str | None:
+        rows = list(self._select(f"SELECT ?v WHERE {{ GRAPH {self.union} {{ {self.union} {_VERSION} ?v }} }}"))
+        return rows[0]["v"].value if len(rows) == 1 else None
 
     def create(self, case_id: str, asserted: Sequence[ox.Triple], inferred: Sequence[ox.Triple]) -> None:
         """Store a new case; Conflict if it exists. Safe against other processes creating it at once.

@@ -5,13 +5,14 @@ holds every site's graphs side by side, so the server builds each query's datase
 
 - the site's graphs are the ontology's two graphs and every graph whose IRI starts with the
   site's case prefix (``…/case/<site>/``); the default graph, as in the embedded store, is their
-  union, which the remote store keeps as one graph of its own (:func:`union_graph`), because
-  SPARQL cannot name "every graph under a prefix" as a dataset;
+  union, which the remote store keeps as one graph of its own (:func:`union_graph`, holding the
+  ontology's graphs too), because SPARQL cannot name "every graph under a prefix" as a dataset;
 - ``FROM`` and ``FROM NAMED`` are taken out of the query text and, keeping only the site's
   graphs, sent as the protocol's ``default-graph-uri`` / ``named-graph-uri``. Left in the text,
   Virtuoso *adds* them to the protocol's graphs instead of being overridden by them;
-- every ``GRAPH x { … }`` becomes ``{ GRAPH x { … } FILTER(x is one of the site's graphs) }``:
-  Virtuoso lets ``GRAPH ?g`` range over all graphs whatever the dataset says;
+- every ``GRAPH ?g { … }`` becomes ``{ GRAPH ?g { … } FILTER(?g is one of the site's graphs) }``:
+  Virtuoso lets ``GRAPH ?g`` range over all graphs whatever the dataset says; a ``GRAPH <iri>``
+  naming a graph that is not the site's is pointed at a graph that holds nothing;
 - the query must parse as standard SPARQL 1.1 (Oxigraph's parser), so that no engine extension
   (Virtuoso's ``define input:…`` pragmas, which override any dataset) gets through, and it may not
   call the engine's own functions (``bif:``, ``sql:``: Virtuoso runs SQL with them);
@@ -113,6 +114,7 @@ def confine(query: str, site: str, scope: QueryScope) -> SiteQuery:
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement)
     from_default: list[str] = []
     from_named: list[str] = []
+    constant_graphs: list[str] = []
     allowed = _allowed_filter(site)
     for i, (kind, text, start, _end) in enumerate(tokens):
         if kind in ("iri", "pname"):
@@ -132,7 +134,15 @@ def confine(query: str, site: str, scope: QueryScope) -> SiteQuery:
             graph = tokens[i + 2] if is_named and i + 2 < len(tokens) else nxt
             (from_named if is_named else from_default).append(_resolve((graph[0], graph[1]), prefixes, base))
             edits.append((start, graph[3], " "))
-        elif word == "GRAPH" and nxt is not None and nxt[0] in ("var", "iri", "pname"):
+        elif word == "GRAPH" and nxt is not None and nxt[0] in ("iri", "pname"):
+            # a named graph: kept if it is the site's, else one that holds nothing (a constant
+            # FILTER here trips Virtuoso 7.2's compiler: "sparp_gp_deprecate(): equiv replaces filter")
+            named_iri = _resolve_any((nxt[0], nxt[1]), prefixes, base)
+            if is_site_graph(site, named_iri):
+                constant_graphs.append(named_iri)
+            else:
+                edits.append((nxt[2], nxt[3], f"<{EMPTY_GRAPH}>"))
+        elif word == "GRAPH" and nxt is not None and nxt[0] == "var":
             close = _matching_brace(tokens, i + 2)
             edits.append((start, start, "{ "))
             edits.append((close, close, f" FILTER({allowed.format(g=nxt[1])}) }}"))
@@ -143,6 +153,10 @@ def confine(query: str, site: str, scope: QueryScope) -> SiteQuery:
     if scope.substitutions:
         text = _bind(text, scope.substitutions)
     defaults, named = _dataset(site, scope, from_default, from_named)
+    if not named and constant_graphs:
+        # Virtuoso finds nothing in GRAPH <iri> unless the protocol names <iri>: name them (a
+        # GRAPH ?g in the same query then ranges over these graphs only)
+        named = list(dict.fromkeys(constant_graphs))
     return SiteQuery(text, form, defaults, named)
 
 
@@ -223,7 +237,7 @@ def _dataset(site: str, scope: QueryScope, from_default: list[str],
     (no default graph named: the union; no named graph named: every graph of the site, which
     the GRAPH filter admits). The query's own ``FROM``/``FROM NAMED`` are read as SPARQL 1.1
     does: default graphs only means no named graphs, and the other way round."""
-    union = [union_graph(site), *ONTOLOGY_GRAPHS]
+    union = [union_graph(site)]  # holds the ontology too: Virtuoso 7.2 fails to compile some queries on several
     if scope.default_graphs or scope.named_graphs:
         return (_only_site(site, scope.default_graphs) if scope.default_graphs else union,
                 _only_site(site, scope.named_graphs) if scope.named_graphs else [])

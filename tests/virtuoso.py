@@ -22,7 +22,7 @@ from serverutil import free_port
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "virtuoso.sh"
 
 
-def _wipe(endpoint: str) -> None:
+def wipe(endpoint: str) -> None:
     """Remove every ESI-KG graph, so that a test starts from an empty store."""
     update = ('DELETE { GRAPH ?g { ?s ?p ?o } } WHERE { GRAPH ?g { ?s ?p ?o } '
               'FILTER(STRSTARTS(STR(?g), "https://w3id.org/esi-kg/")) }')

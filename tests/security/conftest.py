@@ -166,16 +166,23 @@ _KB_FIELDS = ("ontology_path", "shapes_dir", "engine", "max_case_triples", "max_
 class Apps:
     """Builds apps over data directories under ``root`` and closes them all at the end."""
 
-    def __init__(self, root: Path, kb: KnowledgeBase) -> None:
+    def __init__(self, root: Path, kb: KnowledgeBase, sparql_endpoint: str | None = None) -> None:
         self.root = root
         self.kb = kb
         self.made: list[Flask] = []
+        self.sparql_endpoint = sparql_endpoint  # set: apps over that remote store, emptied for each
 
     def __call__(self, disk: bool = False, **overrides: Any) -> Flask:
         """An app with authentication on (unless overridden); in-memory stores unless ``disk``."""
+        if self.sparql_endpoint is not None:
+            from virtuoso import wipe
+
+            wipe(self.sparql_endpoint)
+            overrides = {"store": "sparql", "sparql_endpoint": self.sparql_endpoint, **overrides}
         settings = Settings(**{"data_dir": self.root / f"data{len(self.made)}", "auth_required": True, **overrides})
         shared = all(getattr(settings, f) == getattr(Settings(), f) for f in _KB_FIELDS)
-        service = Service(settings, kb=self.kb if shared else None, stores=None if disk else Stores(None))
+        remote = self.sparql_endpoint is not None
+        service = Service(settings, kb=self.kb if shared else None, stores=None if disk or remote else Stores(None))
         app = create_app(settings, service=service)
         self.made.append(app)
         return app
