@@ -12,15 +12,13 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, cast
 
 import pyoxigraph as ox
 
-from .batches import chunked
+from .batches import chunked, map_batches
 from .cases import DEFAULT_SITE, load_json
 from .config import Settings
 from .errors import ESIError, MalformedInput, Problem
@@ -93,12 +91,11 @@ def _init_worker(settings: Settings) -> None:
     _kb = KnowledgeBase.from_settings(settings)
 
 
-def reason_batch(items: list[Item], site: str, kb: Any = None) -> list[tuple[int, str | None, Any]]:
+def reason_batch(items: list[Item], site: str, kb: Any) -> list[tuple[int, str | None, Any]]:
     """For each item: (position, case id, problem JSON) or (position, case id, the case's N-Quads).
 
     The N-Quads hold the case's asserted and inferred graphs, named as the store names them,
     so that the loader writes a batch with one parse in Rust (no Python object per triple)."""
-    kb = kb or _kb
     results: list[tuple[int, str | None, Any]] = []
     readable = []
     for position, item in items:
@@ -116,6 +113,11 @@ def reason_batch(items: list[Item], site: str, kb: Any = None) -> list[tuple[int
                  *(ox.Quad(t.subject, t.predicate, t.object, graphs.inferred) for t in outcome.inferred)]
         results.append((position, outcome.case_id, serialized_quads(quads)))
     return results
+
+
+def _reason_job(job: tuple[list[Item], str]) -> list[tuple[int, str | None, Any]]:
+    """One batch on a worker (local or Dask), with the worker's knowledge base."""
+    return reason_batch(job[0], job[1], _kb)
 
 
 def serialized_quads(quads: list[ox.Quad]) -> bytes:
@@ -143,8 +145,12 @@ class Progress:
 
 
 def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: int = 200,
-         workers: int | None = None, progress: Any = sys.stderr, keep_rejections: int = 1000) -> Summary:
-    """Load every case under ``path`` into ``site``; returns what was loaded and rejected."""
+         workers: int | None = None, progress: Any = sys.stderr, keep_rejections: int = 1000,
+         scheduler: str | None = None) -> Summary:
+    """Load every case under ``path`` into ``site``; returns what was loaded and rejected.
+
+    Batches are reasoned by ``workers`` local processes, or on the Dask cluster at ``scheduler``;
+    this process alone writes, a batch in one transaction, in the order of the input."""
     from .kb import KnowledgeBase
 
     kb = KnowledgeBase.from_settings(settings)
@@ -178,20 +184,13 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
         if bar:
             bar.show(summary)
 
-    items = read_items(path)
-    if n_workers <= 0:
-        for batch in chunked(items, batch_size):
+    jobs = ((batch, site) for batch in chunked(read_items(path), batch_size))
+    if n_workers <= 0 and not scheduler:  # in this process, with the knowledge base built above
+        for batch, _site in jobs:
             take(reason_batch(batch, site, kb))
     else:
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(settings,)) as pool:
-            pending: list[Future[list[tuple[int, str | None, Any]]]] = []
-            for batch in chunked(items, batch_size):
-                pending.append(pool.submit(reason_batch, batch, site))
-                while len(pending) >= 2 * n_workers:  # bounded memory: a few batches in flight
-                    take(pending.pop(0).result())
-            for future in pending:
-                take(future.result())
+        for results in map_batches(_reason_job, jobs, n_workers, _init_worker, (settings,), scheduler=scheduler):
+            take(results)
     stores.close()  # flushes
     summary.seconds = time.perf_counter() - started
     if bar:
@@ -205,11 +204,12 @@ def _reject(summary: Summary, position: int, case_id: str | None, problem: dict[
         summary.rejections.append({"index": position, "id": case_id, "problem": problem})
 
 
-def main(settings: Settings, path: Path, site: str, batch_size: int, workers: int | None) -> int:
+def main(settings: Settings, path: Path, site: str, batch_size: int, workers: int | None,
+         scheduler: str | None = None) -> int:
     if not path.exists():
         print(f"kgservice: {path}: no such file or folder", file=sys.stderr)
         return 2
-    summary = load(settings, path, site=site, batch_size=batch_size, workers=workers)
+    summary = load(settings, path, site=site, batch_size=batch_size, workers=workers, scheduler=scheduler)
     json.dump(summary.as_json(), sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0 if summary.rejected == 0 else 1

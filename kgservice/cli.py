@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ld.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
     ld.add_argument("--batch", type=int, default=200, help="cases reasoned and stored together (default 200)")
     ld.add_argument("--workers", type=int, help="reasoning processes (default: ESI_REASONING_WORKERS or 2)")
+    ld.add_argument("--scheduler", metavar="ADDRESS", help="reason on this Dask cluster (tcp://host:8786) "
+                                                          "instead of local processes")
     ld.add_argument("--engine", choices=ENGINES)
     ld.set_defaults(run=cmd_load)
 
@@ -171,7 +173,7 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
-    return load_main(settings, args.path, args.site, max(1, args.batch), args.workers)
+    return load_main(settings, args.path, args.site, max(1, args.batch), args.workers, args.scheduler)
 
 
 def cmd_reason(args: argparse.Namespace, settings: Settings) -> int:
