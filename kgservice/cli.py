@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=int, default=200, help="cases reasoned and switched together (default 200)")
     r.add_argument("--workers", type=int, help="reasoning processes (default: ESI_REASONING_WORKERS or 2)")
     r.add_argument("--engine", choices=ENGINES)
+    r.add_argument("--scheduler", metavar="ADDRESS", help="reason on this Dask cluster (tcp://host:8786) "
+                                                         "instead of local processes")
     r.set_defaults(run=cmd_reason)
 
     i = sub.add_parser("impact", help="what a proposed ontology would change: stored and regression cases")
@@ -80,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--batch", type=int, default=200, help="cases compared together (default 200)")
     i.add_argument("--workers", type=int, help="processes (default: ESI_REASONING_WORKERS or 2)")
     i.add_argument("--engine", choices=ENGINES)
+    i.add_argument("--scheduler", metavar="ADDRESS", help="reason on this Dask cluster (tcp://host:8786) "
+                                                         "instead of local processes")
     i.set_defaults(run=cmd_impact)
 
     d = sub.add_parser("docs", help="write the ontology's HTML documentation (also served at GET /docs)")
@@ -182,7 +186,8 @@ def cmd_reason(args: argparse.Namespace, settings: Settings) -> int:
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
     try:
-        done = reason_stale(settings, args.site, args.batch, args.workers, everything=args.all)
+        done = reason_stale(settings, args.site, args.batch, args.workers, everything=args.all,
+                            scheduler=args.scheduler)
     except OSError as exc:  # RocksDB's lock: one process at a time writes a store
         print(f"kgservice: cannot open the store in {settings.data_dir}: {exc}; is the service running "
               "on it? Stop it first (see the README, 'Upgrading a running service')", file=sys.stderr)
@@ -202,7 +207,7 @@ def cmd_impact(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.with_(data_dir=args.data_dir)
     try:
         report = impact(settings, args.proposed, args.site, stored=not args.no_store, batch_size=args.batch,
-                        workers=args.workers)
+                        workers=args.workers, scheduler=args.scheduler)
     except ESIError as exc:  # an ontology that does not load, a site that does not exist
         print(f"kgservice: {exc.detail}", file=sys.stderr)
         return 2

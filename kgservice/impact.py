@@ -246,6 +246,7 @@ class Report:
 
 def impact(current: Settings, proposed_path: Path, sites: Sequence[str] | None = None, stored: bool = True,
            batch_size: int = 200, workers: int | None = None, regression_root: Path | None = None,
+           scheduler: str | None = None,
            progress: TextIO | None = sys.stderr) -> Report:
     """Answer every stored and regression case under ``proposed_path`` and compare. Reads only."""
     proposed = current.with_(ontology_path=proposed_path)
@@ -267,7 +268,8 @@ def impact(current: Settings, proposed_path: Path, sites: Sequence[str] | None =
                     yield site, stores.site(site).export([c for s, c in chunk if s == site])
 
         try:
-            for impacts in map_batches(_compare_batch, batches(), n_workers, _init_worker, (current, proposed)):
+            for impacts in map_batches(_compare_batch, batches(), n_workers, _init_worker, (current, proposed),
+                                       scheduler=scheduler):
                 report.add(impacts)
                 bar.advance(len(impacts))
         finally:

@@ -99,7 +99,7 @@ def reason_stored(batch: Batch) -> list[tuple[str, bytes | dict[str, Any]]]:
 
 def reason_stale(settings: Settings, sites: Sequence[str] | None = None, batch_size: int = 200,
                  workers: int | None = None, everything: bool = False,
-                 progress: TextIO | None = sys.stderr) -> list[SiteUpgrade]:
+                 progress: TextIO | None = sys.stderr, scheduler: str | None = None) -> list[SiteUpgrade]:
     """Re-reason every stale case of ``sites`` (default: all) with the ontology of ``settings``.
 
     ``everything`` re-reasons every case, stale or not."""
@@ -112,14 +112,16 @@ def reason_stale(settings: Settings, sites: Sequence[str] | None = None, batch_s
             store = stores.site(site)
             store.set_ontology(kb.version, kb.ontology.graph, kb.reasoner.tbox_closure)
             todo = store.case_versions() if everything else stale_cases(store, kb.version)
-            results.append(_upgrade_site(settings, store, site, todo, batch_size, n_workers, progress))
+            results.append(_upgrade_site(settings, store, site, todo, batch_size, n_workers, progress,
+                                         scheduler))
         return results
     finally:
         stores.close()
 
 
 def _upgrade_site(settings: Settings, store: SiteStore, site: str, todo: list[tuple[str, str | None]],
-                  batch_size: int, workers: int, progress: TextIO | None) -> SiteUpgrade:
+                  batch_size: int, workers: int, progress: TextIO | None,
+                  scheduler: str | None = None) -> SiteUpgrade:
     summary = SiteUpgrade(site, stale=len(todo))
     if not todo:
         return summary
@@ -130,7 +132,7 @@ def _upgrade_site(settings: Settings, store: SiteStore, site: str, todo: list[tu
         for ids in chunked([case_id for case_id, _ in todo], max(1, batch_size)):
             yield site, store.export(ids, inferred=False)
 
-    for results in map_batches(reason_stored, batches(), workers, _init_worker, (settings,)):
+    for results in map_batches(reason_stored, batches(), workers, _init_worker, (settings,), scheduler=scheduler):
         updates = []
         for case_id, outcome in results:
             if isinstance(outcome, dict):
