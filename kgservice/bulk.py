@@ -81,12 +81,13 @@ def read_items(path: Path) -> Iterator[Item]:
 _kb: Any = None
 
 
-def _init_worker(settings: Settings) -> None:
+def _init_worker(settings: Settings, sandboxed: bool = True) -> None:
     global _kb
     from . import sandbox
     from .kb import KnowledgeBase
 
-    sandbox.enter("a loader worker")  # it reasons over files only: it never needs the network
+    if sandboxed:  # a Dask worker is not: it must keep talking to its scheduler and peers
+        sandbox.enter("a loader worker")  # it reasons over files only: it never needs the network
 
     _kb = KnowledgeBase.from_settings(settings)
 
@@ -189,7 +190,8 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
         for batch, _site in jobs:
             take(reason_batch(batch, site, kb))
     else:
-        for results in map_batches(_reason_job, jobs, n_workers, _init_worker, (settings,), scheduler=scheduler):
+        for results in map_batches(_reason_job, jobs, n_workers, _init_worker, (settings, not scheduler),
+                                   scheduler=scheduler):
             take(results)
     stores.close()  # flushes
     summary.seconds = time.perf_counter() - started
