@@ -91,7 +91,7 @@ def run(quick: bool) -> str:
     work = Path(tempfile.mkdtemp(prefix="esi-cds-", dir=root()))
     key = ec.generate_private_key(ec.SECP384R1())
     token = _setup(work / "data", key)
-    from kgservice.cds import prefetch_templates
+    from kgservice.http.cds import prefetch_templates
 
     items = _cases(n + warm, prefetch_templates(kb().fhir_codes))
     samples: dict[str, list[float]] = {}

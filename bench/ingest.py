@@ -57,7 +57,7 @@ def kb() -> Any:
     global _kb
     if _kb is None:
         from kgservice.config import Settings
-        from kgservice.kb import KnowledgeBase
+        from kgservice.core.kb import KnowledgeBase
 
         _kb = KnowledgeBase.from_settings(Settings())
     return _kb
@@ -68,7 +68,7 @@ def case_id(i: int) -> str:
 
 
 def case_iri(i: int, site: str = "default") -> str:
-    from kgservice.cases import case_iri as iri
+    from kgservice.core.cases import case_iri as iri
 
     return str(iri(case_id(i), site))
 

@@ -11,7 +11,7 @@ from common import owlrl_closure, summary_ms, table, timed
 from generator import CaseGenerator
 
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
+from kgservice.core.kb import KnowledgeBase
 
 
 def run(quick: bool) -> str:

@@ -38,10 +38,10 @@ from serverutil import RealServer, free_port, http_request  # noqa: E402
 
 from kgservice.bulk import load  # noqa: E402
 from kgservice.config import Settings  # noqa: E402
-from kgservice.kb import KnowledgeBase  # noqa: E402
-from kgservice.queries import Catalog  # noqa: E402
+from kgservice.core.kb import KnowledgeBase  # noqa: E402
+from kgservice.http.queries import Catalog  # noqa: E402
 from kgservice.service import Service  # noqa: E402
-from kgservice.store import QueryScope  # noqa: E402
+from kgservice.stores.oxigraph import QueryScope  # noqa: E402
 
 ADHOC = {
     "ad hoc: cases per pathway (GROUP BY)": "PREFIX esi: <https://w3id.org/esi-kg/ontology#> SELECT ?p "
@@ -60,7 +60,7 @@ def _cases(path: Path, n: int, prefix: str) -> None:
 def _queries() -> list[tuple[str, str, dict[str, Any]]]:
     import pyoxigraph as ox
 
-    from kgservice.ontology import ESI
+    from kgservice.core.ontology import ESI
 
     out = []
     for q in Catalog.load(Settings().queries_dir).queries.values():

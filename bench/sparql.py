@@ -50,7 +50,7 @@ SELECT ?class (COUNT(DISTINCT ?case) AS ?cases) WHERE {{
 def _queries(case: str) -> list[dict[str, Any]]:
     """Every named query with its example bindings, then the ad-hoc ones: name, text, bindings."""
     from kgservice.config import Settings
-    from kgservice.queries import Catalog
+    from kgservice.http.queries import Catalog
 
     found = []
     for q in Catalog.load(Settings().queries_dir).queries.values():
@@ -98,7 +98,7 @@ def _subset(store: Any, n_cases: int, path: Path) -> int:
     import pyoxigraph as ox
     from ingest import case_iri
 
-    from kgservice.store import CLOSURE_GRAPH, ONTOLOGY_GRAPH
+    from kgservice.stores.oxigraph import CLOSURE_GRAPH, ONTOLOGY_GRAPH
 
     graphs = [ONTOLOGY_GRAPH, CLOSURE_GRAPH]
     for i in range(n_cases):

@@ -28,7 +28,7 @@ from common import table
 from ingest import generator, prepared_store, root
 from loadgen import Server, request, run_load
 
-REFERENCE = ("from kgservice.config import Settings; from kgservice.kb import KnowledgeBase; "
+REFERENCE = ("from kgservice.config import Settings; from kgservice.core.kb import KnowledgeBase; "
              "KnowledgeBase.from_settings(Settings())")
 
 

@@ -17,14 +17,15 @@ from flask import Blueprint, Flask, Response, current_app, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from . import access, cds, headers
-from .access import note, requires
 from .config import Settings
+from .core.media import JSON, JSONLD, NTRIPLES, PROBLEM, RDF_OUT, RDFXML, TURTLE
+from .core.terms import triple_to_ox
 from .errors import ESIError, InternalError, InvalidCase, Violation, problem_json
-from .media import JSON, JSONLD, NTRIPLES, PROBLEM, RDF_OUT, RDFXML, TURTLE
+from .http import cds
+from .http.web import negotiate, service, site
+from .security import access, headers
+from .security.access import note, requires
 from .service import Service
-from .terms import triple_to_ox
-from .web import negotiate, service, site
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,11 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     access.install(app, settings)
     app.before_request(_bounded_stream)
 
-    from .docs import bp as docs_bp
-    from .pages import bp as pages_bp
-    from .pages import clinician_bp
-    from .queries import bp as queries_bp
-    from .sparql import bp as sparql_bp
+    from .curation.docs import bp as docs_bp
+    from .http.pages import bp as pages_bp
+    from .http.pages import clinician_bp
+    from .http.queries import bp as queries_bp
+    from .http.sparql import bp as sparql_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(sparql_bp)
@@ -260,7 +261,7 @@ def health() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    from .openapi import document
+    from .http.openapi import document
 
     return Response(json.dumps(document(service())), mimetype=JSON)
 

@@ -19,11 +19,11 @@ from typing import Any, cast
 import pyoxigraph as ox
 
 from .batches import chunked, map_batches
-from .cases import DEFAULT_SITE, load_json
 from .config import Settings
+from .core.cases import DEFAULT_SITE, load_json
+from .core.media import JSON
 from .errors import ESIError, MalformedInput, Problem
-from .media import JSON
-from .store import CaseGraphs, OxigraphSite, open_stores
+from .stores.oxigraph import CaseGraphs, OxigraphSite, open_stores
 
 #: The loader flushes less often than the server (about every 2600 cases): each flush makes
 #: a small file for RocksDB to compact, and at 100k cases compaction was a sixth of the CPU.
@@ -83,8 +83,8 @@ _kb: Any = None
 
 def _init_worker(settings: Settings, sandboxed: bool = True) -> None:
     global _kb
-    from . import sandbox
-    from .kb import KnowledgeBase
+    from .core.kb import KnowledgeBase
+    from .security import sandbox
 
     if sandboxed:  # a Dask worker is not: it must keep talking to its scheduler and peers
         sandbox.enter("a loader worker")  # it reasons over files only: it never needs the network
@@ -152,7 +152,7 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
 
     Batches are reasoned by ``workers`` local processes, or on the Dask cluster at ``scheduler``;
     this process alone writes, a batch in one transaction, in the order of the input."""
-    from .kb import KnowledgeBase
+    from .core.kb import KnowledgeBase
 
     kb = KnowledgeBase.from_settings(settings)
     stores = open_stores(settings)

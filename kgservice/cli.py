@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .auth import SCOPES, TokenStore
-from .cdsauth import CdsClients
 from .config import ENGINES, Settings
 from .errors import ESIError, MalformedInput, Problem
+from .security.auth import SCOPES, TokenStore
+from .security.cdsauth import CdsClients
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,14 +134,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_pathway(args: argparse.Namespace, settings: Settings) -> int:
-    from .kb import KnowledgeBase
+    from .core.kb import KnowledgeBase
 
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         print(f"kgservice: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    from .cases import load_json
+    from .core.cases import load_json
 
     try:
         data = load_json(raw)
@@ -181,7 +181,7 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reason(args: argparse.Namespace, settings: Settings) -> int:
-    from .upgrade import reason_stale
+    from .curation.upgrade import reason_stale
 
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
@@ -201,7 +201,7 @@ def cmd_reason(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_impact(args: argparse.Namespace, settings: Settings) -> int:
-    from .impact import impact, render
+    from .curation.impact import impact, render
 
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
@@ -216,8 +216,8 @@ def cmd_impact(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_docs(args: argparse.Namespace, settings: Settings) -> int:
-    from .docs import write
-    from .kb import KnowledgeBase
+    from .core.kb import KnowledgeBase
+    from .curation.docs import write
 
     if args.ontology is not None:
         settings = settings.with_(ontology_path=args.ontology)
@@ -298,7 +298,7 @@ def cmd_cds_client_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from .quality import check_ontology
+    from .curation.quality import check_ontology
 
     if args.ontology is not None:
         settings = settings.with_(ontology_path=args.ontology)

@@ -24,10 +24,10 @@ from rdflib import OWL, RDF, BNode, Literal, URIRef
 from rdflib.collection import Collection
 from rdflib.term import Node
 
-from .ontology import ESI, Ontology, Triple
+from .core.ontology import ESI, Ontology, Triple
 
 if TYPE_CHECKING:
-    from .kb import KnowledgeBase
+    from .core.kb import KnowledgeBase
 
 PROBE = "urn:esi-kg:probe:"
 #: Pain score series (day, score) that give every response category under any sensible thresholds.

@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyoxigraph as ox
 
-from . import sandbox
 from .config import Settings
 from .errors import ESIError, InternalError, NetworkRefused, Problem
 from .queryrun import ResponseTooLarge
+from .security import sandbox
 
 if TYPE_CHECKING:
-    from .kb import Outcome
+    from .core.kb import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -329,10 +329,10 @@ def _worker_main(settings: Settings, conn: Connection, guard: bool) -> None:
         conn.send(("refused", str(exc)))
         return
     if guard:
-        from .guard import install_network_guard
+        from .security.guard import install_network_guard
 
         install_network_guard()
-    from .kb import KnowledgeBase
+    from .core.kb import KnowledgeBase
 
     kb = KnowledgeBase.from_settings(settings)
     conn.send(("ready", kb.version))
@@ -402,7 +402,7 @@ class ReasoningPool:
     def process(self, body: bytes, media_type: str | None, site: str, case_id: str | None,
                 graphs: bool = True) -> Outcome | Problem:
         """:meth:`KnowledgeBase.process` of one body, in a worker, under the reasoning time limit."""
-        from .kb import Outcome
+        from .core.kb import Outcome
 
         timeout = self.settings.reasoning_timeout_s
         worker = self._idle.get()

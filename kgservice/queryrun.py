@@ -19,8 +19,8 @@ from typing import IO, Any, cast
 
 import pyoxigraph as ox
 
+from .core.media import RDF_OUT, RDFXML
 from .errors import ESIError, NotAcceptable, QueryError
-from .media import RDF_OUT, RDFXML
 
 RESULTS_JSON = "application/sparql-results+json"
 RESULTS_XML = "application/sparql-results+xml"

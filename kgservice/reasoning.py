@@ -9,7 +9,7 @@ The pipeline is stratified, as the ontology's rules declare (``esi:stratum``):
    closure is brought up to date: closed again for the cases whose new facts could
    complete an OWL rule, extended by the new facts alone for the others.
 
-Then every conclusion gets a derivation (see :mod:`kgservice.explain`). The result per
+Then every conclusion gets a derivation (see :mod:`kgservice.core.explain`). The result per
 case is its *inferred graph*: observations, conclusions, inferred types and derivations.
 
 Two OWL 2 RL engines sit behind one interface: ``reasonable`` (Rust, fast) and ``owlrl``
@@ -33,10 +33,10 @@ from rdflib import OWL, RDF, RDFS, BNode, Graph, Literal, URIRef
 from rdflib.collection import Collection
 from rdflib.term import Node
 
-from .explain import Facts, derivations, satisfied
+from .core.explain import Facts, derivations, satisfied
+from .core.ontology import CASE_BASE, ESI, AllOf, AnyOf, Expr, HasValue, Ontology, SomeValues
+from .core.terms import Triple, constructed, serialized, triple_to_ox, triples_from_ox, triples_to_ox
 from .files import write_atomically
-from .ontology import CASE_BASE, ESI, AllOf, AnyOf, Expr, HasValue, Ontology, SomeValues
-from .terms import Triple, constructed, serialized, triple_to_ox, triples_from_ox, triples_to_ox
 
 #: Cases whose rules run on one in-memory rule store before it is replaced (see _rule_store_for).
 RULE_STORE_RUNS = 500

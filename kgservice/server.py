@@ -48,14 +48,14 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         from .api import create_app
-        from .guard import install_network_guard
+        from .security.guard import install_network_guard
         from .service import Service
 
         _log_to_gunicorn()
         settings = self.settings
         allow = []
         if settings.store == "sparql":  # the server itself sends the queries to the remote store
-            from .remote import store_addresses
+            from .stores.remote import store_addresses
 
             allow = store_addresses(settings)
         install_network_guard(allow)  # from here on, nothing in this process may connect out but to the store

@@ -13,15 +13,15 @@ from typing import Any
 import pyoxigraph as ox
 from rdflib import Graph
 
-from . import cases
 from .config import Settings
+from .core import cases
+from .core.kb import KnowledgeBase, Outcome
+from .core.ontology import ESI
+from .core.terms import triples_from_ox
 from .errors import InvalidCase, NotFound, Problem, Violation
 from .isolation import ReasoningPool
-from .kb import KnowledgeBase, Outcome
-from .ontology import ESI
 from .reasoning import ENGINES
-from .store import SiteStore, SiteStores, open_stores
-from .terms import triples_from_ox
+from .stores.oxigraph import SiteStore, SiteStores, open_stores
 
 
 @dataclass

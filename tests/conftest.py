@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
-from kgservice.regression import base_case
+from kgservice.core.kb import KnowledgeBase
+from kgservice.curation.regression import base_case
 
 #: A minimal valid case: a primary non-responder (baseline 8, still 8 on day 14), nerve-root pain.
 #: The rule cases of tests/data/rules overlay it; it is kept as data (tests/data/base-case.json) for them and for
-#: `kgservice impact` (see kgservice.regression).
+#: `kgservice impact` (see kgservice.curation.regression).
 BASE_CASE: dict[str, Any] = base_case()
 
 #: The injection date of every factory-made case; pain scores are given as days after it.

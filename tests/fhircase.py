@@ -15,8 +15,8 @@ from typing import Any
 from rdflib import Graph, URIRef
 from rdflib.namespace import SKOS
 
-from kgservice.codes import ESI_SYSTEM, iri_coding
-from kgservice.fhir import APPROACH_EXTENSION
+from kgservice.core.codes import ESI_SYSTEM, iri_coding
+from kgservice.core.fhir import APPROACH_EXTENSION
 
 ESI = ESI_SYSTEM + "#"
 LOINC_PAIN = {"system": "http://loinc.org", "code": "72514-3",

@@ -19,9 +19,9 @@ import pyoxigraph as ox
 
 from kgservice.bulk import load
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
-from kgservice.ontology import ESI
-from kgservice.store import Stores
+from kgservice.core.kb import KnowledgeBase
+from kgservice.core.ontology import ESI
+from kgservice.stores.oxigraph import Stores
 
 DATA = Path(__file__).parent / "data"
 ONTOLOGY_1_0 = DATA / "ontology" / "esi-1.0.0.ttl"

@@ -23,9 +23,9 @@ from serverutil import unordered
 from werkzeug.test import TestResponse
 
 from kgservice.api import create_app
-from kgservice.cases import case_iri
 from kgservice.config import Settings
-from kgservice.store import ONTOLOGY_GRAPH
+from kgservice.core.cases import case_iri
+from kgservice.stores.oxigraph import ONTOLOGY_GRAPH
 
 DATA = Path(__file__).parent / "data"
 VIGNETTES = {v["name"]: v for v in (json.loads(p.read_text(encoding="utf-8"))

@@ -107,7 +107,7 @@ def test_bulk_load_stores_valid_cases_and_reports_the_rest(tmp_path: Path, worke
 
 
 def test_the_ontology_closure_is_cached_per_version_and_gives_the_same_answers(tmp_path: Path) -> None:
-    from kgservice.kb import KnowledgeBase
+    from kgservice.core.kb import KnowledgeBase
 
     settings = Settings(data_dir=tmp_path)
     first = KnowledgeBase.from_settings(settings)

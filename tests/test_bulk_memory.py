@@ -16,10 +16,10 @@ import pytest
 
 import kgservice.bulk as bulk
 import kgservice.reasoning as reasoning
-import kgservice.store as store
+import kgservice.stores.oxigraph as store
 from kgservice.config import Settings
-from kgservice.ontology import Triple
-from kgservice.store import OxigraphSite, Stores
+from kgservice.core.ontology import Triple
+from kgservice.stores.oxigraph import OxigraphSite, Stores
 
 VIGNETTES = sorted((Path(__file__).parent / "data" / "vignettes").glob("*.json"))
 CASES = [json.loads(p.read_text())["case"] for p in VIGNETTES]

@@ -8,7 +8,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kgservice.cdsauth import CdsClients, ReplayCache, ReplayCacheFull
+from kgservice.security.cdsauth import CdsClients, ReplayCache, ReplayCacheFull
 
 
 def test_a_jti_seen_by_one_process_is_refused_by_another(tmp_path: Path) -> None:

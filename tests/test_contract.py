@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from kgservice import cases
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
-from kgservice.ontology import ESI
-from kgservice.openapi import document
+from kgservice.core import cases
+from kgservice.core.kb import KnowledgeBase
+from kgservice.core.ontology import ESI
+from kgservice.http.openapi import document
 from kgservice.service import Service
 
 WEIGHT = '''

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
+from kgservice.core.kb import KnowledgeBase
 
 Curate = Callable[[str], KnowledgeBase]
 

@@ -19,8 +19,8 @@ from serverutil import free_port
 
 from kgservice.bulk import load
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
-from kgservice.store import Stores
+from kgservice.core.kb import KnowledgeBase
+from kgservice.stores.oxigraph import Stores
 
 BIN = Path(sys.executable).parent
 CASES = 240

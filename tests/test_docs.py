@@ -14,8 +14,8 @@ from rdflib import SKOS, Graph, Literal
 
 from kgservice.api import create_app
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
-from kgservice.ontology import ESI, local_name
+from kgservice.core.kb import KnowledgeBase
+from kgservice.core.ontology import ESI, local_name
 
 VIGNETTES = sorted((Path(__file__).parent / "data" / "vignettes").glob("*.json"))
 

@@ -17,9 +17,9 @@ from lifecycle_util import generated_cases, previous_release_store, store_under_
 from rdflib import Graph, Literal
 
 from kgservice.config import Settings
-from kgservice.impact import impact, render
-from kgservice.ontology import ESI
-from kgservice.regression import regression_cases, unmet
+from kgservice.core.ontology import ESI
+from kgservice.curation.impact import impact, render
+from kgservice.curation.regression import regression_cases, unmet
 from kgservice.service import Service
 
 SHIPPED = Settings().ontology_path

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from kgservice import cases
+from kgservice.core import cases
+from kgservice.core.kb import KnowledgeBase
 from kgservice.errors import InvalidCase, MalformedInput
-from kgservice.kb import KnowledgeBase
 
 DATA = Path(__file__).parent / "data"
 VIGNETTES = sorted((DATA / "vignettes").glob("*.json"))

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 import kgservice
 from kgservice.api import create_app
 from kgservice.config import Settings
-from kgservice.openapi import document as openapi_document
+from kgservice.http.openapi import document as openapi_document
 from kgservice.service import Service
 
 # Turtle goes as text on its own; these two are text too, whatever their major type says.

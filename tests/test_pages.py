@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from werkzeug.datastructures import MultiDict
 
-from kgservice import forms
 from kgservice.api import create_app
-from kgservice.auth import TokenStore
 from kgservice.config import Settings
+from kgservice.http import forms
+from kgservice.security.auth import TokenStore
 
 ROOT = Path(__file__).resolve().parent.parent
 VIGNETTES = {p.stem: json.loads(p.read_text(encoding="utf-8"))["case"]
@@ -114,7 +114,7 @@ def post(app: Any, path: str, data: MultiDict[str, str], token: str | None = Non
 @pytest.mark.parametrize("name", VIGNETTES)
 def test_a_filled_form_reads_back_as_the_case(app: Any, name: str) -> None:
     with app.app_context():
-        from kgservice.pages import form_fields
+        from kgservice.http.pages import form_fields
 
         case = {k: v for k, v in VIGNETTES[name].items() if v not in ([], False)}
         assert forms.read(form_fields(), form_of(case)) == case
@@ -229,7 +229,7 @@ def test_pages_load_only_their_own_files_under_a_strict_policy(app: Any, path: s
 
 def test_without_the_bundle_the_query_page_edits_plain_text(app: Any, monkeypatch: pytest.MonkeyPatch,
                                                              tmp_path: Path) -> None:
-    from kgservice import pages
+    from kgservice.http import pages
 
     monkeypatch.setattr(pages, "VENDOR", tmp_path)  # as after ESI_WEB_BUILD=skip
     html = app.test_client().get("/query").get_data(as_text=True)

@@ -22,9 +22,9 @@ from flask.testing import FlaskClient
 
 from kgservice.api import create_app
 from kgservice.config import Settings
+from kgservice.core.ontology import Ontology
 from kgservice.errors import OntologyError
-from kgservice.ontology import Ontology
-from kgservice.queries import PARAM_TYPES, parse_query_file
+from kgservice.http.queries import PARAM_TYPES, parse_query_file
 
 DATA = Path(__file__).parent / "data"
 CASE_FILES = sorted((DATA / "vignettes").glob("*.json")) + sorted((DATA / "queries").glob("*.json"))

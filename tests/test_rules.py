@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from kgservice.kb import KnowledgeBase
-from kgservice.regression import EXPECT_KEYS, build_case, unmet
+from kgservice.core.kb import KnowledgeBase
+from kgservice.curation.regression import EXPECT_KEYS, build_case, unmet
 
 RULE_FILES = sorted((Path(__file__).parent / "data" / "rules").glob("*.json"))
 def load_cases() -> list[Any]:

@@ -17,7 +17,7 @@ from serverutil import FORK_DEADLOCK, RealServer, Reply, create_token, unordered
 from SPARQLWrapper import JSON, POST, SPARQLWrapper
 from SPARQLWrapper.SPARQLExceptions import Unauthorized
 
-from kgservice.kb import KnowledgeBase
+from kgservice.core.kb import KnowledgeBase
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,12 @@ from pyshacl import validate as pyshacl_validate
 from rdflib import XSD, BNode, Graph, Literal, URIRef
 from rdflib.namespace import SH
 
-from kgservice import shacl
 from kgservice.config import Settings
+from kgservice.core import shacl
+from kgservice.core.kb import KnowledgeBase
+from kgservice.core.ontology import ESI
+from kgservice.core.validation import CaseValidator, load_shapes
 from kgservice.errors import ESIError
-from kgservice.kb import KnowledgeBase
-from kgservice.ontology import ESI
-from kgservice.validation import CaseValidator, load_shapes
 
 PREFIXES = """
 @prefix sh: <http://www.w3.org/ns/shacl#> .

@@ -20,13 +20,13 @@ import pytest
 
 from kgservice.api import create_app
 from kgservice.config import Settings
+from kgservice.core.kb import KnowledgeBase
 from kgservice.errors import Conflict, ESIError, NotFound, QueryError
 from kgservice.isolation import TimeLimit
-from kgservice.kb import KnowledgeBase
 from kgservice.queryrun import RESULTS_JSON, Dataset, QueryLimits, QueryRun
 from kgservice.querytext import read
 from kgservice.service import Service
-from kgservice.store import QueryScope, SiteStore, SiteStores, open_stores
+from kgservice.stores.oxigraph import QueryScope, SiteStore, SiteStores, open_stores
 
 CASE_BASE = "https://w3id.org/esi-kg/case/"
 ESI = "https://w3id.org/esi-kg/ontology#"
@@ -283,8 +283,8 @@ def test_the_network_guard_lets_the_server_reach_its_store_and_nothing_else(remo
     script = f"""
 import socket
 from kgservice.config import Settings
-from kgservice.guard import install_network_guard
-from kgservice.remote import SparqlStores, store_addresses
+from kgservice.security.guard import install_network_guard
+from kgservice.stores.remote import SparqlStores, store_addresses
 settings = Settings(store="sparql", sparql_endpoint={remote.sparql_endpoint!r})
 install_network_guard(store_addresses(settings))
 print(SparqlStores(settings).site("guarded").exists("nothing"))

@@ -19,11 +19,11 @@ from lifecycle_util import ONTOLOGY_1_0, kgservice, lines, previous_release_stor
 
 from kgservice.api import create_app
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
-from kgservice.ontology import Ontology
+from kgservice.core.kb import KnowledgeBase
+from kgservice.core.ontology import Ontology
+from kgservice.core.terms import triple_to_ox
+from kgservice.curation.upgrade import cases_from_nquads, reason_stale
 from kgservice.service import Service
-from kgservice.terms import triple_to_ox
-from kgservice.upgrade import cases_from_nquads, reason_stale
 
 SPARQL_JSON = "application/sparql-results+json"
 
@@ -159,7 +159,7 @@ def test_a_fresh_answer_is_not_stale(client, make_case) -> None:
 
 def test_reinfer_switches_only_cases_still_at_the_version_read_and_keeps_counts(kb: KnowledgeBase,
                                                                                   make_case) -> None:
-    from kgservice.store import OxigraphSite, Reinferred
+    from kgservice.stores.oxigraph import OxigraphSite, Reinferred
 
     store = OxigraphSite("default", None)
     pending, responder = make_case(id="a", scores=[(0, 8), (3, 8)]), make_case(id="b", scores=[(0, 8), (30, 2)])
@@ -181,7 +181,7 @@ def test_reason_stale_and_impact_on_each_store(store_settings: Settings, tmp_pat
 
     from test_impact import with_threshold
 
-    from kgservice.impact import impact
+    from kgservice.curation.impact import impact
 
     site = f"up-{uuid.uuid4().hex[:8]}"
     old = store_settings.with_(ontology_path=with_threshold(Settings().ontology_path, 40, tmp_path / "old.ttl"))

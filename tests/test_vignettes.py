@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kgservice.kb import KnowledgeBase
+from kgservice.core.kb import KnowledgeBase
 
 VIGNETTES = sorted((Path(__file__).parent / "data" / "vignettes").glob("*.json"))
 
@@ -102,7 +102,7 @@ def test_the_rule_store_is_replaced_and_answers_do_not_change(kb: KnowledgeBase,
 ANSWER_ALL = """
 import json, sys
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
+from kgservice.core.kb import KnowledgeBase
 kb = KnowledgeBase.from_settings(Settings())
 print(json.dumps([kb.answer_json(case) for case in json.load(sys.stdin)]))
 """

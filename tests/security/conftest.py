@@ -30,11 +30,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from kgservice.api import create_app
-from kgservice.auth import TokenStore
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
+from kgservice.core.kb import KnowledgeBase
+from kgservice.security.auth import TokenStore
 from kgservice.service import Service
-from kgservice.store import Stores
+from kgservice.stores.oxigraph import Stores
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 VIGNETTES: dict[str, dict[str, Any]] = {

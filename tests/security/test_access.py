@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kgservice.auth import TokenStore
+from kgservice.security.auth import TokenStore
 
 from .conftest import CASE_BASE, Apps, Site, assert_problem, issue, settings_of, vignette
 

@@ -15,9 +15,9 @@ from typing import Any
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from kgservice.access import query_hash
 from kgservice.config import Settings
-from kgservice.queries import parse_query_file
+from kgservice.http.queries import parse_query_file
+from kgservice.security.access import query_hash
 
 from .conftest import Apps, issue, settings_of, vignette
 

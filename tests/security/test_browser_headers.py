@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from kgservice.headers import DEFAULT_CSP
+from kgservice.security.headers import DEFAULT_CSP
 
 from .conftest import Apps, Site, assert_problem, issue, settings_of, vignette
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from kgservice import cases
 from kgservice.config import Settings
-from kgservice.kb import KnowledgeBase
+from kgservice.core import cases
+from kgservice.core.kb import KnowledgeBase
 
 from .conftest import VIGNETTES, Apps, Site, assert_problem, issue, settings_of, vignette
 

@@ -36,7 +36,7 @@ import pytest
 from serverutil import FORK_DEADLOCK, TIME_LIMIT, RealServer, Reply, sparql_select, unordered
 
 from kgservice.isolation import TimeLimit, run_forked
-from kgservice.store import Stores
+from kgservice.stores.oxigraph import Stores
 
 pytestmark = pytest.mark.slow
 
@@ -368,7 +368,7 @@ CRASHING_WRITER = """
 import os, sys
 from pathlib import Path
 import pyoxigraph as ox
-from kgservice.store import Stores
+from kgservice.stores.oxigraph import Stores
 site = Stores(Path(sys.argv[1])).site("default")
 triples = [ox.Triple(ox.NamedNode(f"https://w3id.org/esi-kg/case/default/x/s{i}"),
                      ox.NamedNode("https://w3id.org/esi-kg/ontology#p"), ox.Literal(str(i))) for i in range(200)]
@@ -379,7 +379,7 @@ os.kill(os.getpid(), 9)
 
 
 def crash_while_writing(data_dir: Path, n: int) -> None:
-    """A process stores ten cases through kgservice.store and dies by SIGKILL, as a server would."""
+    """A process stores ten cases through kgservice.stores.oxigraph and dies by SIGKILL, as a server would."""
     done = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(data_dir), str(n)], capture_output=True,
                           timeout=60, check=False)
     assert done.returncode == -signal.SIGKILL, done.stderr

@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from packaging.version import Version
 
-from kgservice.auth import TokenStore
+from kgservice.security.auth import TokenStore
 
 from .conftest import Site, assert_problem, vignette
 
@@ -111,10 +111,10 @@ def test_an_unexpected_error_is_a_bare_500(stocked: tuple[FlaskClient, Site], mo
 
 def test_an_unexpected_error_in_the_query_process_is_a_bare_500(stocked: tuple[FlaskClient, Site],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import kgservice.store
+    import kgservice.stores.oxigraph
 
     client, north = stocked
-    monkeypatch.setattr(kgservice.store, "execute", _raise)
+    monkeypatch.setattr(kgservice.stores.oxigraph, "execute", _raise)
     response = client.get("/sparql", query_string={"query": "ASK { ?s ?p ?o }"}, headers=north.headers)
     assert_problem(response, 500)
     assert SECRET_DETAIL not in response.get_data(as_text=True)

@@ -150,13 +150,13 @@ def test_a_worker_that_dies_mid_case_is_a_clear_problem_and_the_pool_recovers(
 
 def test_an_unexpected_error_in_the_query_child_is_logged_with_its_traceback(
         shared: tuple[FlaskClient, Site], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    import kgservice.store
+    import kgservice.stores.oxigraph
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated failure deep in the child")
 
     client, north = shared
-    monkeypatch.setattr(kgservice.store, "execute", broken)
+    monkeypatch.setattr(kgservice.stores.oxigraph, "execute", broken)
     with caplog.at_level(logging.ERROR):
         response = client.get("/sparql", query_string={"query": "ASK { ?s ?p ?o }"}, headers=north.headers)
     assert_problem(response, 500)

@@ -306,7 +306,7 @@ GUARD_SCRIPT = textwrap.dedent("""
     import http.client, json, socket, sys, urllib.request
     port, guarded = int(sys.argv[1]), sys.argv[2] == "guarded"
     if guarded:
-        from kgservice.guard import install_network_guard
+        from kgservice.security.guard import install_network_guard
         install_network_guard()
     attempts = {
         "urlopen": lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=2).close(),

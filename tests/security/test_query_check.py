@@ -185,7 +185,7 @@ def test_a_query_that_crashes_the_engine_is_a_clear_problem_and_logged(
 
 def test_the_remote_stores_rewriting_is_linear_too() -> None:
     """ESI_STORE=sparql reads the query again to confine it to the site: that pass is linear as well."""
-    from kgservice.sitequery import _TOKEN
+    from kgservice.stores.sitequery import _TOKEN
 
     def seconds(n: int) -> float:
         query = "SELECT * WHERE { ?s ?p ?o } " + "a1" * n

@@ -107,7 +107,7 @@ def test_a_heavy_aggregate_runs_to_the_time_limit_and_says_so(make_app: Apps) ->
 
 def test_a_store_that_cannot_be_read_is_busy_not_slow(make_app: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
     """A child that never gets its snapshot (a RocksDB lock inherited held) is retried, then 'busy'."""
-    import kgservice.store
+    import kgservice.stores.oxigraph
 
     client, who = app_with_cases(make_app, query_timeout_s=10)
 
@@ -115,7 +115,7 @@ def test_a_store_that_cannot_be_read_is_busy_not_slow(make_app: Apps, monkeypatc
         time.sleep(60)
 
     monkeypatch.setattr(isolation, "START_GRACE_S", 0.2)
-    monkeypatch.setattr(kgservice.store, "execute", stuck)
+    monkeypatch.setattr(kgservice.stores.oxigraph, "execute", stuck)
     start = time.monotonic()
     response = ask(client, who, "ASK { ?s ?p ?o }")
     body = assert_problem(response, 503)

@@ -26,7 +26,7 @@ from test_api import (  # noqa: F401
     test_put_without_an_id_in_the_body_takes_the_path_id,
 )
 
-from kgservice.kb import KnowledgeBase
+from kgservice.core.kb import KnowledgeBase
 from security.conftest import Apps, Site
 from security.test_access import (  # noqa: F401 - collected here, on the remote store
     populate,

@@ -1,5 +1,5 @@
 """Nothing goes out, even from Rust or C: the kernel refuses query children and reasoning workers
-every network connection (``kgservice/sandbox.py``), whatever the query check lets through.
+every network connection (``kgservice/security/sandbox.py``), whatever the query check lets through.
 
 The listener counts connections. The positive control runs Oxigraph's own HTTP client in this
 (unsandboxed) test process: every spelling of ``SERVICE`` below reaches the listener there.
@@ -21,10 +21,11 @@ from typing import Any
 import pyoxigraph as ox
 import pytest
 
-from kgservice import isolation, sandbox
+from kgservice import isolation
 from kgservice.config import Settings
 from kgservice.errors import Problem
 from kgservice.isolation import NotIsolated, ReasoningPool, run_forked
+from kgservice.security import sandbox
 
 from .conftest import Listener, vignette
 
@@ -95,7 +96,7 @@ NATIVE_SCRIPT = textwrap.dedent("""
     libc = ctypes.CDLL(None, use_errno=True)
     inherited = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # made before the sandbox
     if mode == "sandboxed":
-        from kgservice import sandbox
+        from kgservice.security import sandbox
         sandbox.enter("the test")
 
     class SockaddrIn(ctypes.Structure):

@@ -15,7 +15,7 @@ from generator import CaseGenerator  # noqa: E402
 
 from kgservice.bulk import load  # noqa: E402
 from kgservice.config import Settings  # noqa: E402
-from kgservice.kb import KnowledgeBase  # noqa: E402
+from kgservice.core.kb import KnowledgeBase  # noqa: E402
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The core pipeline: case contract, reading, validation, explanation and answers."""

@@ -1,0 +1,529 @@
+"""Patient cases: contract JSON ↔ RDF, Turtle and JSON-LD input, and the observations.
+
+The mapping follows the contract read from the case shapes (:mod:`kgservice.core.contract`):
+field names, property IRIs and kinds; it knows nothing clinical. Observations (day offsets,
+relief percentages) are arithmetic on the asserted facts; what they mean is decided by the
+rules in the ontology.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cached_property
+from typing import Any, cast
+
+import pyoxigraph as ox
+from rdflib import OWL, RDF, RDFS, XSD, Graph, Literal, URIRef
+from rdflib.term import Node
+
+from ..errors import InvalidCase, MalformedInput, Violation
+from .contract import Contract, Spec
+from .media import RDF_FORMATS
+from .ontology import CASE_BASE, ESI, local_name
+from .terms import Triple, triple_to_ox, triples_from_ox
+
+# \Z, not $: "$" also matches before a final newline, and "p01\n" is no id (nor a code, nor a site).
+# An id is a path segment of /cases/{id}: "." and ".." would name the collection or its parent.
+ID_PATTERN = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9._-]{1,64}\Z")
+ID_RULE = 'id must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, and not "." or ".."'
+_SURROGATE = re.compile("[\ud800-\udfff]")
+CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+MAX_JSON_DEPTH = 16
+
+
+@dataclass
+class CaseGraph:
+    """A case as asserted RDF, with the JSON path of every node it came from."""
+
+    iri: URIRef
+    id: str
+    graph: Graph
+    contract: Contract
+    node_paths: dict[Node, str] = field(default_factory=dict)
+    value_paths: dict[Triple, str] = field(default_factory=dict)
+    json_values: dict[str, Any] = field(default_factory=dict)
+    problems: list[Violation] = field(default_factory=list)
+    #: For a case read from another format (FHIR): JSON path → where its value came from,
+    #: and what the reader adds to the answer (the codes it could not use).
+    origins: dict[str, str] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def origin_of(self, path: str) -> str | None:
+        """Where the value at a JSON path (``pain_scores[1].score``) came from, if it was read from elsewhere."""
+        return origin(self.origins, path)
+
+    # The case is read once and then only looked at: validation, reasoning, the answer and
+    # the store each take its triples, and walking an rdflib graph costs ~2 µs a triple.
+    @cached_property
+    def triples(self) -> tuple[Triple, ...]:
+        """The asserted triples, once the case is read."""
+        return tuple(self.graph)
+
+    @cached_property
+    def ox_triples(self) -> tuple[ox.Triple, ...]:
+        """The same, as Oxigraph triples."""
+        return tuple(triple_to_ox(t) for t in self.triples)
+
+    def ox_quads(self, graph: ox.NamedNode | ox.BlankNode | ox.DefaultGraph) -> list[ox.Quad]:
+        return [ox.Quad(t.subject, t.predicate, t.object, graph) for t in self.ox_triples]
+
+    def path_of(self, focus: Node, prop: Node | None, value: Node | None) -> str:
+        """The JSON path of a SHACL result (focus node, result path, value node)."""
+        base = self.node_paths.get(focus, f"<{focus}>")
+        if value is not None and (focus, prop, value) in self.value_paths:
+            return self.value_paths[(focus, prop, value)]  # type: ignore[index]
+        if value is not None and value in self.node_paths:
+            return self.node_paths[value]
+        name = self.contract.field_name(prop) if prop is not None else None
+        if name is None:
+            return base or "$"
+        if value is not None and isinstance(value, URIRef):
+            index = _index_of(self.graph, focus, prop, value)  # type: ignore[arg-type]
+            if index is not None:
+                return f"{base}.{name}[{index}]".lstrip(".")
+        return f"{base}.{name}".lstrip(".")
+
+
+DEFAULT_SITE = "default"
+SITE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+
+
+def origin(origins: dict[str, str], path: str) -> str | None:
+    """The origin recorded for ``path`` or the nearest path above it.
+
+    >>> origin({"pain_scores[1]": "Observation/s1"}, "pain_scores[1].score")
+    'Observation/s1'
+    """
+    while path:
+        if path in origins:
+            return origins[path]
+        path = path[: max(path.rfind("."), path.rfind("["), 0)]
+    return None
+
+
+def case_iri(case_id: str, site: str = DEFAULT_SITE) -> URIRef:
+    """The stable IRI of a case: ``…/case/{site}/{id}``; ids are unique within a site."""
+    return URIRef(f"{CASE_BASE}{site}/{case_id}")
+
+
+def case_id_of(iri: Node) -> str:
+    return str(iri).rsplit("/", 1)[-1]
+
+
+def new_case_id() -> str:
+    return "case-" + uuid.uuid4().hex[:12]
+
+
+def _index_of(graph: Graph, focus: Node, prop: URIRef, value: URIRef) -> int | None:
+    values = sorted(str(v) for v in graph.objects(focus, prop))
+    return values.index(str(value)) if str(value) in values else None
+
+
+# -- JSON in --------------------------------------------------------------------------
+
+
+def load_json(body: bytes | str) -> Any:
+    """Parse a JSON body strictly: no NaN or Infinity. :func:`from_json` checks each case's
+    nesting and strings, once its size is known to be within the limits."""
+
+    def reject_constant(name: str) -> Any:
+        raise MalformedInput(f"{name} is not valid JSON")
+
+    try:
+        data = json.loads(body, parse_constant=reject_constant)
+    except MalformedInput:
+        raise
+    except RecursionError:
+        raise MalformedInput("JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"body is not valid JSON: {exc}") from None
+    return data
+
+
+def _check_tree(value: Any) -> None:
+    """Nesting within ``MAX_JSON_DEPTH``; every string (key or value) valid Unicode.
+
+    JSON's ``\\ud800`` escape can write half of a surrogate pair, which is no character:
+    it could be neither stored nor sent back as UTF-8.
+    """
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedInput(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            raise MalformedInput("the JSON has a lone surrogate escape (\\ud800-\\udfff without its pair): "
+                                 "strings must be valid Unicode")
+
+
+def count_values(data: Any, limit: int) -> int:
+    """A lower bound of the triples a contract case maps to, counted up to ``limit + 1`` only.
+
+    Every value (not null) becomes at least one triple: a nested object its link, a scalar or
+    code its statement; the case's own type stands in for its ``id``. So a count past the
+    triple cap refuses a case before any of it is built.
+    """
+    count, stack = 0, list(data.values()) if isinstance(data, dict) else [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(v for v in item.values() if v is not None)
+            count += 1
+        elif isinstance(item, list):
+            stack.extend(v for v in item if v is not None)
+        elif item is not None:
+            count += 1
+    return count
+
+
+def _over_limits(data: dict[str, Any], max_triples: int | None, max_list_items: int | None) -> list[Violation]:
+    long = [Violation(key, f"{key} may hold at most {max_list_items} items, not {len(value)}")
+            for key, value in data.items()
+            if max_list_items is not None and isinstance(value, list) and len(value) > max_list_items]
+    if long or max_triples is None:
+        return long
+    if (count := count_values(data, max_triples)) > max_triples:
+        return [Violation("$", f"a case may hold at most {max_triples} triples; this one would need more than "
+                               f"{count - 1}")]
+    return []
+
+
+def from_json(data: Any, contract: Contract, case_id: str | None = None, site: str = DEFAULT_SITE,
+              max_triples: int | None = None, max_list_items: int | None = None) -> CaseGraph:
+    """Map a contract case to RDF. Structural problems are collected, not raised.
+
+    A case over the limits (``max_triples``, ``max_list_items`` in any of its lists) is
+    refused before it is mapped: counting costs microseconds, reasoning over a case with
+    hundreds of scores costs seconds."""
+    if not isinstance(data, dict):
+        raise MalformedInput("a case must be a JSON object")
+    if too_big := _over_limits(data, max_triples, max_list_items):
+        raise InvalidCase(too_big)
+    _check_tree(data)
+    problems: list[Violation] = []
+    given_id = data.get("id")
+    if case_id is None:
+        if given_id is None:
+            case_id = new_case_id()
+        elif isinstance(given_id, str) and ID_PATTERN.match(given_id):
+            case_id = given_id
+        else:
+            problems.append(Violation("id", ID_RULE, value=given_id))
+            case_id = new_case_id()
+    elif given_id is not None and given_id != case_id:
+        problems.append(Violation("id", f"id in the body ({given_id!r}) differs from the case addressed ({case_id!r})"))
+
+    iri = case_iri(case_id, site)
+    graph = Graph()
+    graph.add((iri, RDF.type, contract.case_type))
+    cg = CaseGraph(iri=iri, id=case_id, graph=graph, contract=contract, node_paths={iri: ""}, problems=problems)
+    _map_object(cg, iri, data, contract.fields, path="", ignore={"id"})
+    return cg
+
+
+def _map_object(cg: CaseGraph, node: URIRef, data: dict[str, Any], specs: dict[str, Spec], path: str,
+                ignore: Iterable[str] = ()) -> None:
+    for key, value in data.items():
+        here = f"{path}.{key}" if path else key
+        if key in ignore:
+            continue
+        spec = specs.get(key)
+        if spec is None:
+            cg.problems.append(Violation(here, f"unknown field {key!r}; allowed: {', '.join(sorted(specs))}"))
+            continue
+        if value is None:
+            continue
+        if spec.is_list:
+            if not isinstance(value, list):
+                cg.problems.append(Violation(here, f"{key} must be a JSON array"))
+                continue
+            for i, item in enumerate(value):
+                _map_value(cg, node, spec, item, f"{here}[{i}]", key, i)
+        else:
+            _map_value(cg, node, spec, value, here, key, None)
+
+
+def _map_value(cg: CaseGraph, node: URIRef, spec: Spec, value: Any, here: str, key: str, index: int | None) -> None:
+    g = cg.graph
+    kind = spec.kind
+    if kind in ("object", "objects"):
+        if not isinstance(value, dict):
+            cg.problems.append(Violation(here, f"{here} must be a JSON object"))
+            return
+        child = URIRef(f"{node}/{key.replace('_', '-')}" + (f"/{index}" if index is not None else ""))
+        g.add((node, spec.prop, child))
+        if spec.node_type is not None:
+            g.add((child, RDF.type, spec.node_type))
+        cg.node_paths[child] = here
+        _map_object(cg, child, value, spec.fields, here)
+        return
+    cg.json_values[here] = value
+    if isinstance(value, (dict, list)):
+        cg.problems.append(Violation(here, f"{here} must be a single value, not a JSON {type(value).__name__}"))
+        return
+    if kind in ("code", "codes"):
+        term = _code_term(value)
+        g.add((node, spec.prop, term))
+        cg.value_paths[(node, spec.prop, term)] = here
+        return
+    if kind == "instances":
+        child = URIRef(f"{node}/{key.replace('_', '-')}/{index}")
+        g.add((node, spec.prop, child))
+        if isinstance(value, str) and CODE_PATTERN.match(value):
+            g.add((child, RDF.type, ESI[value]))
+        cg.node_paths[child] = here
+        return
+    term = _literal(value, kind)
+    g.add((node, spec.prop, term))
+    cg.value_paths[(node, spec.prop, term)] = here
+
+
+def _code_term(value: Any) -> Node:
+    if isinstance(value, str) and CODE_PATTERN.match(value):
+        return ESI[value]
+    return _literal(value, "scalar")
+
+
+def _literal(value: Any, kind: str) -> Literal:
+    if isinstance(value, bool):
+        return Literal(value)
+    if kind == "date" and isinstance(value, str):
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            try:
+                return Literal(dt.date.fromisoformat(value).isoformat(), datatype=XSD.date)
+            except ValueError:
+                pass  # e.g. 2026-02-30: kept as a string, which the shapes reject as not a date
+        return Literal(value)
+    if isinstance(value, int):
+        return decimal_literal(Decimal(value)) if kind == "number" else Literal(value)
+    if isinstance(value, float):
+        return decimal_literal(Decimal(repr(value)))
+    return Literal(str(value))
+
+
+# -- RDF in ---------------------------------------------------------------------------
+
+_FORBIDDEN_NAMESPACES = (str(OWL), str(RDFS))
+
+
+def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | None = None, max_triples: int = 2_000,
+             site: str = DEFAULT_SITE, max_list_items: int | None = None) -> CaseGraph:
+    """Read a case written in Turtle, JSON-LD or N-Triples.
+
+    Parsed by Oxigraph, which never fetches a remote JSON-LD context. The case is the one
+    node typed ``esi:PatientCase``; every other node is renamed under the case's IRI so
+    that no two cases share a node.
+    """
+    fmt = RDF_FORMATS[media_type]
+    try:
+        quads = []
+        for quad in ox.parse(body, format=fmt, base_iri=CASE_BASE, without_named_graphs=True):
+            if isinstance(quad.subject, ox.Triple) or isinstance(quad.object, ox.Triple):
+                raise InvalidCase([Violation("$", "a case may not hold triple terms (RDF-star << … >> or {| … |}): "
+                                                  "a case states facts, not statements about statements")])
+            quads.append(quad)
+            if len(quads) > max_triples:
+                raise InvalidCase([Violation("$", f"a case may hold at most {max_triples} triples")])
+    except SyntaxError as exc:
+        raise MalformedInput(f"not valid {media_type}: {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"not valid {media_type}: {exc}") from None
+    if max_list_items is not None:
+        _check_fan_out(quads, max_list_items)
+    triples = triples_from_ox(quads)
+
+    problems = [Violation("$", msg) for msg in _schema_problems(triples)]
+    cases = sorted({s for s, p, o in triples if p == RDF.type and o == contract.case_type}, key=str)
+    if len(cases) != 1:
+        raise InvalidCase([*problems, Violation("$", f"the document must describe exactly one esi:PatientCase, "
+                                                     f"not {len(cases)}")])
+    original = cases[0]
+    if case_id is None:
+        tail = case_id_of(original) if isinstance(original, URIRef) else ""
+        case_id = tail if ID_PATTERN.match(tail) else new_case_id()
+    iri = case_iri(case_id, site)
+
+    rename: dict[Node, Node] = {original: iri}
+    try:
+        reachable = _reachable(original, triples)
+    except MalformedInput as exc:
+        if problems:  # schema triples (e.g. an owl:sameAs chain) make it a contract violation: 422
+            raise InvalidCase([*problems, Violation("$", exc.detail)]) from None
+        raise
+    for n, node in enumerate(sorted((s for s in reachable if s != original), key=str)):
+        rename[node] = URIRef(f"{iri}/node/{n}")
+    graph = Graph()
+    for s, p, o in triples:
+        if s not in reachable:
+            problems.append(Violation("$", f"<{s}> is not part of the case: every statement must be about the "
+                                            "case or a node it links to"))
+            continue
+        graph.add((rename.get(s, s), p, rename.get(o, o)))
+    cg = CaseGraph(iri=iri, id=case_id, graph=graph, contract=contract, node_paths={iri: ""}, problems=problems)
+    _name_nodes(cg)
+    return cg
+
+
+def _check_fan_out(quads: list[ox.Quad], max_values: int) -> None:
+    """No node may have more than ``max_values`` values of one property: the RDF form of the
+    JSON list limit (hundreds of scores cost seconds of reasoning)."""
+    fan_out = Counter((q.subject, q.predicate) for q in quads)
+    if fan_out and (worst := max(fan_out.items(), key=lambda item: item[1]))[1] > max_values:
+        (_, predicate), count = worst
+        raise InvalidCase([Violation("$", f"a node may have at most {max_values} values of {predicate.value}, "
+                                          f"not {count}")])
+
+
+def _schema_problems(triples: list[Triple]) -> Iterable[str]:
+    seen: set[str] = set()
+    for s, p, o in triples:
+        if str(p).startswith(_FORBIDDEN_NAMESPACES):
+            msg = f"case data may not use {local_name(p)} ({p}): cases never bring schema"
+        elif p == RDF.type and str(o).startswith(_FORBIDDEN_NAMESPACES):
+            msg = f"case data may not declare a {o}: cases never bring schema"
+        elif isinstance(s, URIRef) and str(s).startswith(str(ESI)):
+            msg = f"case data may not say anything about the ontology term {s}"
+        else:
+            continue
+        if msg not in seen:
+            seen.add(msg)
+            yield msg
+
+
+def _reachable(root: Node, triples: list[Triple]) -> set[Node]:
+    """The nodes reachable from the case, breadth first; too deep a document is malformed."""
+    out: dict[Node, list[Node]] = {}
+    for s, _, o in triples:
+        out.setdefault(s, []).append(o)
+    seen = {root}
+    level = [root]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedInput(f"the case is nested deeper than {MAX_JSON_DEPTH} levels")
+        following = []
+        for node in level:
+            for o in out.get(node, []):
+                if o not in seen and o in out:
+                    seen.add(o)
+                    following.append(o)
+        level = following
+    return seen
+
+
+def _name_nodes(cg: CaseGraph) -> None:
+    """Give nodes of an RDF-born case JSON-like paths, for readable violations."""
+    todo: list[tuple[Node, str, dict[str, Spec]]] = [(cg.iri, "", cg.contract.fields)]
+    while todo:
+        node, path, specs = todo.pop()
+        for name, spec in specs.items():
+            values = sorted(cg.graph.objects(node, spec.prop), key=str)
+            for i, value in enumerate(values):
+                here = f"{path}.{name}" if path else name
+                if spec.is_list:
+                    here = f"{here}[{i}]"
+                if value not in cg.node_paths and not isinstance(value, Literal) and spec.kind != "code" \
+                        and spec.kind != "codes":
+                    cg.node_paths[value] = here
+                    if spec.fields:
+                        todo.append((value, here, spec.fields))
+
+
+# -- observations -----------------------------------------------------------------------
+
+def observations(graph: Graph, case: URIRef) -> list[Triple]:
+    """Day offsets: arithmetic only, no judgement.
+
+    Each pain score's and diagnostic block's ``esi:daysAfterInjection``, and the case's
+    ``esi:daysSinceInjection`` (to its latest pain score). Which score is the baseline, which
+    scores are responses and their relief are the ontology's rules (``esi:rule-baseline-score``,
+    ``esi:rule-relief``).
+    """
+    injection = graph.value(case, ESI.hasInjection)
+    injected = _date(graph.value(injection, ESI.performedOn)) if injection is not None else None
+    if injected is None:
+        return []
+    out: list[Triple] = []
+    for node in graph.objects(case, ESI.hasPainScore):
+        when = _date(graph.value(node, ESI.observedOn))
+        if when is not None:
+            out.append((node, ESI.daysAfterInjection, Literal((when - injected).days)))
+    if out:
+        out.append((case, ESI.daysSinceInjection, Literal(max(int(cast(Literal, t[2])) for t in out))))
+    for node in graph.objects(case, ESI.hasDiagnosticBlock):
+        if (when := _date(graph.value(node, ESI.performedOn))) is not None:
+            out.append((node, ESI.daysAfterInjection, Literal((when - injected).days)))
+    return out
+
+
+def decimal_literal(value: Decimal) -> Literal:
+    """An ``xsd:decimal`` in its shortest form: 62.5, not 62.50; 100, not 1E+2."""
+    text = format(value.normalize(), "f")
+    return Literal(text, datatype=XSD.decimal)
+
+
+def _date(node: Node | None) -> dt.date | None:
+    if isinstance(node, Literal) and node.datatype == XSD.date and isinstance(node.value, dt.date):
+        return node.value
+    return None
+
+
+# -- JSON out ---------------------------------------------------------------------------
+
+
+def to_json(graph: Graph, case: URIRef, contract: Contract) -> dict[str, Any]:
+    """The contract JSON of an asserted case graph (the inverse of :func:`from_json`): every
+    list field is present, and absent fields with a default read as it."""
+    out: dict[str, Any] = {"id": case_id_of(case)}
+    out.update(_read_object(graph, case, contract.fields))
+    for name, spec in contract.fields.items():
+        if spec.is_list:
+            out.setdefault(name, [])
+        elif spec.default is not None:
+            out.setdefault(name, spec.default)
+    return out
+
+
+def _read_object(graph: Graph, node: Node, specs: dict[str, Spec]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, spec in specs.items():
+        values = list(graph.objects(node, spec.prop))
+        if not values:
+            continue
+        if spec.kind in ("object", "objects"):
+            items = [_read_object(graph, v, spec.fields) for v in values]
+            items.sort(key=lambda d: (str(d.get("date", "")), json.dumps(d, sort_keys=True)))
+            out[name] = items if spec.kind == "objects" else items[0]
+        elif spec.kind == "instances":
+            out[name] = sorted(local_name(t) for v in values for t in graph.objects(v, RDF.type))
+        elif spec.kind == "codes":
+            out[name] = sorted(local_name(v) for v in values)
+        elif spec.kind == "code":
+            out[name] = local_name(values[0])
+        else:
+            out[name] = _py(values[0])
+    return out
+
+
+def _py(node: Node) -> Any:
+    if isinstance(node, Literal):
+        value = node.toPython()
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if isinstance(value, Decimal):
+            return int(value) if value == value.to_integral() else float(value)
+        return value
+    return str(node)

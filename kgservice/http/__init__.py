@@ -1,0 +1,1 @@
+"""The HTTP surface: Flask blueprints, request helpers, the OpenAPI document."""

@@ -1,0 +1,1 @@
+"""Where cases live: the SiteStore seam and its implementations."""
