@@ -41,7 +41,7 @@ from kgservice.config import Settings  # noqa: E402
 from kgservice.core.kb import KnowledgeBase  # noqa: E402
 from kgservice.http.queries import Catalog  # noqa: E402
 from kgservice.service import Service  # noqa: E402
-from kgservice.stores.oxigraph import QueryScope  # noqa: E402
+from kgservice.stores.base import QueryScope  # noqa: E402
 
 ADHOC = {
     "ad hoc: cases per pathway (GROUP BY)": "PREFIX esi: <https://w3id.org/esi-kg/ontology#> SELECT ?p "

@@ -98,7 +98,7 @@ def _subset(store: Any, n_cases: int, path: Path) -> int:
     import pyoxigraph as ox
     from ingest import case_iri
 
-    from kgservice.stores.oxigraph import CLOSURE_GRAPH, ONTOLOGY_GRAPH
+    from kgservice.stores.base import CLOSURE_GRAPH, ONTOLOGY_GRAPH
 
     graphs = [ONTOLOGY_GRAPH, CLOSURE_GRAPH]
     for i in range(n_cases):

@@ -23,7 +23,8 @@ from .config import Settings
 from .core.cases import DEFAULT_SITE, load_json
 from .core.media import JSON
 from .errors import ESIError, MalformedInput, Problem
-from .stores.oxigraph import CaseGraphs, OxigraphSite, open_stores
+from .stores.base import CaseGraphs, open_stores
+from .stores.oxigraph import OxigraphSite
 
 #: The loader flushes less often than the server (about every 2600 cases): each flush makes
 #: a small file for RocksDB to compact, and at 100k cases compaction was a sixth of the CPU.

@@ -3,7 +3,7 @@
 Neither Oxigraph nor the reasoners can be interrupted from Python, and a thread that is
 abandoned keeps its CPU. So a query runs in a child forked from the server (it inherits the
 open store, reads it, writes its serialized result to a pipe and exits), and reasoning runs
-in a pool of worker processes. Past its time limit the child or worker is killed with
+in a pool of worker processes (:mod:`kgservice.workers`). Past its time limit the child or worker is killed with
 SIGKILL: its CPU is freed at once, and the caller gets ``503``.
 
 Reasoning in worker processes also lets the service use every core: the server process
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import faulthandler
 import logging
-import multiprocessing
 import os
 import pickle
-import queue
 import resource
 import select
 import signal
@@ -27,18 +25,11 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pyoxigraph as ox
-
-from .config import Settings
 from .errors import ESIError, InternalError, NetworkRefused, Problem
 from .queryrun import ResponseTooLarge
 from .security import sandbox
-
-if TYPE_CHECKING:
-    from .core.kb import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +56,7 @@ class NotIsolated(ESIError):
     title = "Not isolated"
 
 
-def _failure(exc: BaseException) -> tuple[str, dict[str, Any], str]:
+def failure(exc: BaseException) -> tuple[str, dict[str, Any], str]:
     """What a child or worker sends back for an error: its problem JSON (never the exception),
     and the traceback the parent should log (a refused connection, or anything unexpected)."""
     trace = "".join(traceback.format_exception(exc))
@@ -77,7 +68,7 @@ def _failure(exc: BaseException) -> tuple[str, dict[str, Any], str]:
     return ("failed", InternalError().problem(), trace)
 
 
-def _remote(failure: tuple[str, dict[str, Any], str], where: str) -> Problem:
+def remote_problem(failure: tuple[str, dict[str, Any], str], where: str) -> Problem:
     """The problem sent back by a child or worker; its traceback, if any, goes to the log here."""
     _, body, trace = failure
     if trace:
@@ -94,7 +85,7 @@ def _enter_sandbox(what: str) -> None:
         raise NotIsolated(f"{what} could not be cut off from the network, so it did not run ({exc})") from exc
 
 
-def _death(exitcode: int | None) -> str:
+def death_of(exitcode: int | None) -> str:
     """How a process ended, in words: 'killed by SIGSEGV', 'exited with 1'."""
     if exitcode is None:
         return "still running"
@@ -191,9 +182,9 @@ def _child(fn: Callable[..., Any], out: int, err: int, max_memory: int | None) -
             payload = pickle.dumps(("ok", fn(lambda: os.write(out, _STARTED), emit)),
                                    protocol=pickle.HIGHEST_PROTOCOL)
         except MemoryError:
-            payload = pickle.dumps(_failure(MemoryLimit(_MEMORY_DETAIL)))
+            payload = pickle.dumps(failure(MemoryLimit(_MEMORY_DETAIL)))
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
-            payload = pickle.dumps(_failure(exc))
+            payload = pickle.dumps(failure(exc))
         _write_all(out, _END + payload)
     finally:
         os._exit(0)
@@ -301,7 +292,7 @@ def _decode(raw: bytearray, status: int | None, stderr: bytes) -> Forked:
             result = pickle.loads(view[pos + 1:])
             if result[0] == "ok":
                 return Forked(result[1], b"".join(parts))
-            raise _remote(result, "a query process")
+            raise remote_problem(result, "a query process")
         else:
             break
     raise _crashed(status, stderr)
@@ -310,135 +301,9 @@ def _decode(raw: bytearray, status: int | None, stderr: bytes) -> Forked:
 def _crashed(status: int | None, stderr: bytes) -> ESIError:
     """Why a child died without an answer: its memory limit, or a crash (logged with what it said)."""
     said = stderr.decode("utf-8", "replace").strip()
-    how = _death(os.waitstatus_to_exitcode(status) if status is not None else None)
+    how = death_of(os.waitstatus_to_exitcode(status) if status is not None else None)
     if "memory allocation of" in said or "MemoryError" in said:
         log.warning("a query process reached its memory limit (%s): %s", how, said[:500])
         return MemoryLimit(_MEMORY_DETAIL)
     log.error("a query process died without an answer (%s): %s", how, said or "it said nothing")
     return ProcessCrashed(f"the query stopped the process that ran it ({how}); it was logged")
-
-
-# -- reasoning: a pool of worker processes -------------------------------------------------------
-
-
-def _worker_main(settings: Settings, conn: Connection, guard: bool) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    try:
-        sandbox.enter("a reasoning worker")  # the kernel's guard: for native code too
-    except sandbox.SandboxUnavailable as exc:
-        conn.send(("refused", str(exc)))
-        return
-    if guard:
-        from .security.guard import install_network_guard
-
-        install_network_guard()
-    from .core.kb import KnowledgeBase
-
-    kb = KnowledgeBase.from_settings(settings)
-    conn.send(("ready", kb.version))
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        body, media_type, site, case_id, graphs = task
-        try:
-            result = kb.process([body], media_type, site, case_id=case_id, graphs=graphs)[0]
-            reply: tuple[Any, ...] = ("problem", result.problem(), result.case_id) if isinstance(result, Problem) else (
-                "ok", result.case_id, result.answer,
-                ox.serialize(result.asserted, format=ox.RdfFormat.N_TRIPLES),
-                ox.serialize(result.inferred, format=ox.RdfFormat.N_TRIPLES),
-            )
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, the worker lives on
-            reply = _failure(exc)
-        conn.send(reply)
-
-
-class _Worker:
-    def __init__(self, ctx: Any, settings: Settings, guard: bool) -> None:
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(settings, child, guard), daemon=True)
-        self.process.start()
-        child.close()
-        self.ready = False
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        if not self.ready:
-            if not self.conn.poll(timeout):
-                raise RuntimeError("a reasoning worker did not start")
-            message = self.conn.recv()
-            if message[0] != "ready":
-                log.error("a reasoning worker refused to start: %s", message[1])
-                raise RuntimeError(f"a reasoning worker refused to start: {message[1]}")
-            self.ready = True
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5)
-        self.conn.close()
-
-
-class ReasoningPool:
-    """``size`` worker processes, each with its own knowledge base; one task per worker at a time."""
-
-    def __init__(self, settings: Settings, size: int, guard: bool = False) -> None:
-        self.settings = settings
-        self.guard = guard
-        self._ctx = multiprocessing.get_context("spawn")
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._all: list[_Worker] = []
-        for _ in range(size):
-            self._add()
-        for worker in list(self._all):
-            worker.wait_ready()
-
-    def _add(self) -> _Worker:
-        worker = _Worker(self._ctx, self.settings, self.guard)
-        self._all.append(worker)
-        self._idle.put(worker)
-        return worker
-
-    def process(self, body: bytes, media_type: str | None, site: str, case_id: str | None,
-                graphs: bool = True) -> Outcome | Problem:
-        """:meth:`KnowledgeBase.process` of one body, in a worker, under the reasoning time limit."""
-        from .core.kb import Outcome
-
-        timeout = self.settings.reasoning_timeout_s
-        worker = self._idle.get()
-        replacement = None
-        try:
-            worker.wait_ready()
-            worker.conn.send((body, media_type, site, case_id, graphs))
-            if not worker.conn.poll(timeout):
-                replacement = worker
-                raise TimeLimit(f"reasoning took longer than {timeout:g} s and was stopped")
-            reply = worker.conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            replacement = worker
-            worker.process.join(1)
-            death = _death(worker.process.exitcode)
-            log.error("a reasoning worker died while reasoning a case (%s)", death)
-            raise ProcessCrashed(f"reasoning this case stopped its worker process ({death}); it was logged") from None
-        finally:
-            if replacement is not None:
-                worker.kill()
-                self._all.remove(worker)
-                worker = _Worker(self._ctx, self.settings, self.guard)
-                self._all.append(worker)
-            self._idle.put(worker)
-        if reply[0] == "failed":
-            return _remote(reply, "a reasoning worker")
-        if reply[0] != "ok":
-            return Problem(*reply[1:])
-        _, case_id_out, answer, asserted, inferred = reply
-        return Outcome(case_id_out, answer, _parse(asserted), _parse(inferred))
-
-    def close(self) -> None:
-        for worker in self._all:
-            worker.kill()
-        self._all.clear()
-
-
-def _parse(ntriples: bytes) -> list[ox.Triple]:
-    return [q.triple for q in ox.parse(ntriples, format=ox.RdfFormat.N_TRIPLES)]

@@ -55,7 +55,7 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
         settings = self.settings
         allow = []
         if settings.store == "sparql":  # the server itself sends the queries to the remote store
-            from .stores.remote import store_addresses
+            from .stores.sparqlclient import store_addresses
 
             allow = store_addresses(settings)
         install_network_guard(allow)  # from here on, nothing in this process may connect out but to the store

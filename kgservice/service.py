@@ -19,9 +19,9 @@ from .core.kb import KnowledgeBase, Outcome
 from .core.ontology import ESI
 from .core.terms import triples_from_ox
 from .errors import InvalidCase, NotFound, Problem, Violation
-from .isolation import ReasoningPool
 from .reasoning import ENGINES
-from .stores.oxigraph import SiteStore, SiteStores, open_stores
+from .stores.base import SiteStore, SiteStores, open_stores
+from .workers import ReasoningPool
 
 
 @dataclass

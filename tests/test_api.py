@@ -25,7 +25,7 @@ from werkzeug.test import TestResponse
 from kgservice.api import create_app
 from kgservice.config import Settings
 from kgservice.core.cases import case_iri
-from kgservice.stores.oxigraph import ONTOLOGY_GRAPH
+from kgservice.stores.base import ONTOLOGY_GRAPH
 
 DATA = Path(__file__).parent / "data"
 VIGNETTES = {v["name"]: v for v in (json.loads(p.read_text(encoding="utf-8"))

@@ -26,7 +26,7 @@ from kgservice.isolation import TimeLimit
 from kgservice.queryrun import RESULTS_JSON, Dataset, QueryLimits, QueryRun
 from kgservice.querytext import read
 from kgservice.service import Service
-from kgservice.stores.oxigraph import QueryScope, SiteStore, SiteStores, open_stores
+from kgservice.stores.base import QueryScope, SiteStore, SiteStores, open_stores
 
 CASE_BASE = "https://w3id.org/esi-kg/case/"
 ESI = "https://w3id.org/esi-kg/ontology#"
@@ -284,7 +284,8 @@ def test_the_network_guard_lets_the_server_reach_its_store_and_nothing_else(remo
 import socket
 from kgservice.config import Settings
 from kgservice.security.guard import install_network_guard
-from kgservice.stores.remote import SparqlStores, store_addresses
+from kgservice.stores.remote import SparqlStores
+from kgservice.stores.sparqlclient import store_addresses
 settings = Settings(store="sparql", sparql_endpoint={remote.sparql_endpoint!r})
 install_network_guard(store_addresses(settings))
 print(SparqlStores(settings).site("guarded").exists("nothing"))

@@ -159,7 +159,8 @@ def test_a_fresh_answer_is_not_stale(client, make_case) -> None:
 
 def test_reinfer_switches_only_cases_still_at_the_version_read_and_keeps_counts(kb: KnowledgeBase,
                                                                                   make_case) -> None:
-    from kgservice.stores.oxigraph import OxigraphSite, Reinferred
+    from kgservice.stores.base import Reinferred
+    from kgservice.stores.oxigraph import OxigraphSite
 
     store = OxigraphSite("default", None)
     pending, responder = make_case(id="a", scores=[(0, 8), (3, 8)]), make_case(id="b", scores=[(0, 8), (30, 2)])

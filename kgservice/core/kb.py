@@ -21,15 +21,14 @@ from rdflib import Graph, Literal, URIRef
 from ..config import Settings
 from ..errors import ESIError, InvalidCase, MalformedInput, Problem, UnsupportedMediaType, Violation
 from ..reasoning import CaseInput, Reasoner
-from ..stores.oxigraph import GraphView
-from . import cases, fhir
+from . import cases, fhir, rdfcases
 from .cases import CaseGraph
 from .codes import CodeMap
 from .contract import Contract
 from .media import JSON, RDF_FORMATS, essence
 from .ontology import ESI, Ontology
 from .pathways import AnswerBuilder
-from .terms import Triple, triple_to_ox
+from .terms import GraphView, Triple, triple_to_ox
 from .validation import CASE_SHAPES, CaseValidator, load_shapes
 
 
@@ -196,7 +195,7 @@ class KnowledgeBase:
 
     def read_rdf(self, body: bytes, media_type: str, case_id: str | None = None,
                  site: str = cases.DEFAULT_SITE) -> CaseGraph:
-        return cases.from_rdf(body, media_type, self.contract, case_id=case_id, max_triples=self.max_case_triples,
+        return rdfcases.from_rdf(body, media_type, self.contract, case_id=case_id, max_triples=self.max_case_triples,
                               site=site, max_list_items=self.max_case_list_items)
 
     @cached_property

@@ -7,20 +7,20 @@ once into plain Python objects and evaluates them over a dictionary index of the
 graph (about 0.3 ms a case).
 
 It implements the SHACL Core constraint components and paths listed in
-:data:`COMPONENTS` and :func:`_compile_path`, with the semantics of the W3C SHACL
+:data:`COMPONENTS` and :func:`compile_path`, with the semantics of the W3C SHACL
 Recommendation (section numbers below). A shapes graph that uses anything else (SHACL-AF
 rules or functions, ``sh:qualifiedValueShape``, an unknown ``sh:`` term) raises
 :class:`Unsupported` at compile time, and the caller falls back to pyshacl, which stays
 the reference: the tests check that both report the same violations.
 
 SHACL-SPARQL constraints (``sh:sparql``) are not handled here; see
-:class:`kgservice.core.validation.SparqlConstraints`.
+:class:`kgservice.core.shaclsparql.SparqlConstraints`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rdflib import RDF, RDFS, XSD, BNode, Graph, Literal, URIRef
@@ -28,11 +28,7 @@ from rdflib.collection import Collection
 from rdflib.namespace import SH
 from rdflib.term import Node
 
-from .terms import Triple
-
-
-class Unsupported(Exception):
-    """The shapes graph uses a SHACL feature this engine does not implement."""
+from .shaclpaths import Data, Path, Unsupported, compile_path
 
 
 @dataclass(frozen=True)
@@ -51,56 +47,6 @@ class Result:
 # -- the data graph ------------------------------------------------------------------------
 
 
-class Data:
-    """A data graph indexed both ways, built from triples in one pass."""
-
-    def __init__(self, triples: Iterable[Triple]) -> None:
-        self.out: dict[Node, dict[Node, list[Node]]] = {}
-        self.into: dict[Node, dict[Node, list[Node]]] = {}
-        seen: set[Triple] = set()
-        for t in triples:
-            if t in seen:
-                continue
-            seen.add(t)
-            s, p, o = t
-            self.out.setdefault(s, {}).setdefault(p, []).append(o)
-            self.into.setdefault(o, {}).setdefault(p, []).append(s)
-
-    def objects(self, s: Node, p: Node) -> list[Node]:
-        return self.out.get(s, {}).get(p, [])
-
-    def subjects(self, p: Node, o: Node) -> list[Node]:
-        return self.into.get(o, {}).get(p, [])
-
-    def subjects_of(self, p: Node) -> list[Node]:
-        return [s for s, props in self.out.items() if p in props]
-
-    def is_instance(self, node: Node, cls: Node) -> bool:
-        """SHACL instance (SHACL 1.4): a type of ``node`` is ``cls`` or one of its subclasses."""
-        todo = list(self.objects(node, RDF.type))
-        seen: set[Node] = set()
-        while todo:
-            c = todo.pop()
-            if c == cls:
-                return True
-            if c not in seen:
-                seen.add(c)
-                todo.extend(self.objects(c, RDFS.subClassOf))
-        return False
-
-    def instances(self, cls: Node) -> list[Node]:
-        classes, todo = {cls}, [cls]
-        while todo:
-            for sub in self.subjects(RDFS.subClassOf, todo.pop()):
-                if sub not in classes:
-                    classes.add(sub)
-                    todo.append(sub)
-        found: dict[Node, None] = {}
-        for c in classes:
-            found.update(dict.fromkeys(self.subjects(RDF.type, c)))
-        return list(found)
-
-
 #: What a constraint finds wrong: ``(result path, value node, component)`` per result.
 Found = Iterator[tuple[Node | None, Node | None, URIRef]]
 #: A compiled constraint: data graph, focus node and its value nodes in; results out.
@@ -108,57 +54,6 @@ Check = Callable[[Data, Node, list[Node]], Found]
 
 
 # -- paths (SHACL 2.3.1) ---------------------------------------------------------------------
-
-Path = Callable[[Data, Node], list[Node]]
-
-
-def _compile_path(shapes: Graph, node: Node) -> Path:
-    if isinstance(node, URIRef):
-        return lambda data, focus: data.objects(focus, node)
-    if (inverse := shapes.value(node, SH.inversePath)) is not None:
-        pred = inverse
-        if not isinstance(pred, URIRef):
-            raise Unsupported("sh:inversePath of a complex path")
-        return lambda data, focus: data.subjects(pred, focus)
-    if (alternatives := shapes.value(node, SH.alternativePath)) is not None:
-        parts = [_compile_path(shapes, p) for p in Collection(shapes, alternatives)]
-        return lambda data, focus: _distinct(v for part in parts for v in part(data, focus))
-    for kind, zero, many in ((SH.zeroOrMorePath, True, True), (SH.oneOrMorePath, False, True),
-                             (SH.zeroOrOnePath, True, False)):
-        if (inner := shapes.value(node, kind)) is not None:
-            return _repeat(_compile_path(shapes, inner), zero, many)
-    if shapes.value(node, RDF.first) is not None:  # a sequence path
-        steps = [_compile_path(shapes, p) for p in Collection(shapes, node)]
-
-        def sequence(data: Data, focus: Node) -> list[Node]:
-            current = [focus]
-            for step in steps:
-                current = _distinct(v for n in current for v in step(data, n))
-            return current
-
-        return sequence
-    raise Unsupported(f"path {node} is not a SHACL path")
-
-
-def _repeat(step: Path, zero: bool, many: bool) -> Path:
-    def walk(data: Data, focus: Node) -> list[Node]:
-        found: dict[Node, None] = {focus: None} if zero else {}
-        frontier = [focus]
-        while frontier:
-            nxt = []
-            for n in frontier:
-                for v in step(data, n):
-                    if v not in found:
-                        found[v] = None
-                        nxt.append(v)
-            frontier = nxt if many else []
-        return list(found)
-
-    return walk
-
-
-def _distinct(values: Iterable[Node]) -> list[Node]:
-    return list(dict.fromkeys(values))
 
 
 # -- shapes ----------------------------------------------------------------------------------
@@ -222,7 +117,7 @@ class Shapes:
             if str(p).startswith(str(SH)) and p not in COMPONENTS and p not in _DESCRIPTIVE:
                 raise Unsupported(f"{p} (on shape {node})")
         if (path := g.value(node, SH.path)) is not None:
-            shape.path_node, shape.path = path, _compile_path(g, path)
+            shape.path_node, shape.path = path, compile_path(g, path)
         shape.targets = [(kind, t) for kind in _TARGETS for t in g.objects(node, kind)]
         if (node, RDF.type, RDFS.Class) in g:  # an implicit class target (SHACL 2.1.3.3)
             shape.targets.append((SH.targetClass, node))

@@ -6,8 +6,8 @@ form, and what ``ox.serialize`` returns when it writes to memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Protocol, cast
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, cast
 
 import pyoxigraph as ox
 from rdflib import BNode, Literal, URIRef
@@ -100,3 +100,24 @@ def serialized(triples: Iterable[ox.Triple], format: ox.RdfFormat, prefixes: dic
 def _safe_bnode_id(value: str) -> str:
     # Oxigraph blank node ids must be ASCII letters, digits, '_' or '-'.
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in value) or "b"
+
+
+class GraphView:
+    """SELECTs over some graphs of an Oxigraph store: named ones, or its default graph."""
+
+    def __init__(self, store: ox.Store, graphs: Sequence[ox.NamedNode] | None = None) -> None:
+        self.store = store
+        self.graphs = list(graphs) if graphs is not None else None
+
+    @classmethod
+    def of(cls, triples: Iterable[ox.Triple]) -> GraphView:
+        """Triples in a store of their own, in memory (a case just reasoned)."""
+        store = ox.Store()
+        store.extend(ox.Quad(t.subject, t.predicate, t.object, ox.DefaultGraph()) for t in triples)
+        return cls(store)
+
+    def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
+        options: dict[str, Any] = {"substitutions": substitutions or {}}
+        if self.graphs is not None:
+            options["default_graph"] = self.graphs
+        return solutions(self.store.query(query, **options))

@@ -29,8 +29,10 @@ from ..core.cases import case_iri
 from ..core.kb import KnowledgeBase
 from ..core.ontology import Ontology, local_name
 from ..core.pathways import AnswerBuilder
+from ..core.terms import GraphView
 from ..errors import InvalidCase, Problem
-from ..stores.oxigraph import CaseGraphs, GraphView, Stores, open_stores
+from ..stores.base import CaseGraphs, open_stores
+from ..stores.oxigraph import Stores
 from .regression import RegressionCase, regression_cases, unmet
 from .upgrade import cases_from_nquads
 

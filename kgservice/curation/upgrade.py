@@ -26,7 +26,7 @@ from ..core.contract import Contract
 from ..core.kb import KnowledgeBase
 from ..core.terms import from_ox, serialized, triple_to_ox
 from ..errors import InvalidCase
-from ..stores.oxigraph import Reinferred, SiteStore, open_stores
+from ..stores.base import Reinferred, SiteStore, open_stores
 
 Batch = tuple[str, bytes]  # (site, the asserted graphs of some cases as N-Quads)
 

@@ -1,47 +1,30 @@
-"""Where cases live: one Oxigraph dataset per site, each case in two named graphs.
+"""The embedded store: one Oxigraph (RocksDB) dataset per site, under ``data_dir/sites/<site>``.
 
-A site's dataset holds
-
-- ``<…/graph/ontology>``: the ontology as written, and ``<…/graph/ontology-closure>``:
-  its OWL 2 RL closure, both replaced when the ontology version changes;
-- for each case, ``<case IRI>``: the facts as asserted, and ``<case IRI/inferred>``:
-  observations, conclusions, inferred types and derivations.
-
-Keeping each site in its own dataset makes tenancy a property of the data, not of query
-rewriting: a site's SPARQL query (``GRAPH ?g`` included) cannot see another site's cases.
-Every write is one Oxigraph transaction: a case is stored with its inferences, or not at all.
-
-:class:`SiteStore` is the seam: the service, the loader and the query endpoints use only its
-operations, and this module is the only one that opens pyoxigraph's ``Store`` for a site.
-:class:`OxigraphSite` implements it on an embedded store; a remote SPARQL store implements the
-same protocol.
+Implements :class:`~kgservice.stores.base.SiteStore`. Every write is one Oxigraph transaction: a
+case is stored with its inferences, or not at all. This module is the only one that opens
+pyoxigraph's ``Store`` for a site.
 """
 
 from __future__ import annotations
 
-import ctypes
 import io
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import cast
 
 import pyoxigraph as ox
 
-from ..core.cases import SITE_PATTERN, case_iri
+from ..core.cases import SITE_PATTERN
 from ..core.ontology import ESI
-from ..core.terms import Selects, Substitutions, Triple, solutions, triples_to_ox
+from ..core.terms import GraphView, Substitutions, Triple, solutions, triples_to_ox
 from ..errors import Conflict, NotFound
 from ..isolation import run_forked_streaming
 from ..queryrun import Answer, QueryLimits, QueryRun, execute
+from .base import CLOSURE_GRAPH, ONTOLOGY_GRAPH, CaseGraphs, Reinferred, list_pattern
+from .memory import release_freed_memory
 
-T = TypeVar("T")
-
-GRAPH_BASE = "https://w3id.org/esi-kg/graph/"
-ONTOLOGY_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology")
-CLOSURE_GRAPH = ox.NamedNode(GRAPH_BASE + "ontology-closure")
 _VERSION = ox.NamedNode(str(ESI.ontologyVersion))
 _CATEGORY = ox.NamedNode(str(ESI.hasResponseCategory))
 _PATHWAY = ox.NamedNode(str(ESI.hasApplicablePathway))
@@ -65,139 +48,6 @@ FLUSH_AFTER_QUADS = 50_000
 #: What deleting a case is counted as towards FLUSH_AFTER_QUADS: a delete writes a tombstone per
 #: index entry of each quad, but its quads are not counted (that would cost a read).
 _TYPICAL_CASE_QUADS = 100
-
-
-@dataclass(frozen=True)
-class CaseGraphs:
-    """The names of a case's two graphs."""
-
-    asserted: ox.NamedNode
-    inferred: ox.NamedNode
-
-    @classmethod
-    def of(cls, site: str, case_id: str) -> CaseGraphs:
-        iri = str(case_iri(case_id, site))
-        return cls(ox.NamedNode(iri), ox.NamedNode(iri + "/inferred"))
-
-
-@dataclass(frozen=True)
-class QueryScope:
-    """What a query sees on the remote store (:mod:`kgservice.stores.sitequery`): the protocol's dataset (IRIs),
-    and values bound by the engine.
-
-    No default graph named: the default graph is the union of all graphs. No named graph
-    named: ``GRAPH`` reaches every graph of the site.
-    """
-
-    default_graphs: tuple[str, ...] = ()
-    named_graphs: tuple[str, ...] = ()
-    substitutions: Substitutions = field(default_factory=dict)
-
-
-class SiteStore(Protocol):
-    """One site's dataset: every operation the service, the loader and the query endpoints need.
-
-    Case writes are all-or-nothing; a case's graphs are triples of pyoxigraph terms (which a
-    remote store serializes as N-Triples). Errors are the domain's: :class:`Conflict`,
-    :class:`NotFound`, :class:`QueryError`, and ``TimeLimit`` for a query past its limit.
-    """
-
-    site: str
-
-    def ontology_version(self) -> str | None: ...
-
-    def set_ontology(self, version: str, ontology: Iterable[Triple], closure: Iterable[Triple]) -> None:
-        """Replace the ontology graphs unless they hold ``version`` already."""
-
-    def create(self, case_id: str, asserted: Sequence[ox.Triple], inferred: Sequence[ox.Triple]) -> None:
-        """Store a new case; :class:`Conflict` if it exists."""
-
-    def replace(self, case_id: str, asserted: Sequence[ox.Triple], inferred: Sequence[ox.Triple]) -> bool:
-        """Store or replace a case; True when it did not exist before."""
-
-    def delete(self, case_id: str) -> None:
-        """Remove a case's two graphs; :class:`NotFound` if there is no such case."""
-
-    def exists(self, case_id: str) -> bool: ...
-
-    def read(self, case_id: str) -> tuple[list[ox.Triple], list[ox.Triple]]:
-        """The asserted and the inferred graph of a case; :class:`NotFound` if there is none."""
-
-    def load_nquads(self, data: bytes, cases: int) -> None:
-        """Store ``cases`` whole cases given as N-Quads in the store's graph names, all or none."""
-
-    def case_ids(self, category: str | None, pathway: str | None, limit: int, offset: int) -> tuple[list[str], int]:
-        """One page of the ids of cases with a category (and the pathway, if given), and how many match."""
-
-    def case_graphs(self, case_id: str) -> Selects:
-        """SELECTs over one case's two graphs (the stored answer is read so)."""
-
-    def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
-        """A SELECT over the whole dataset (the union of its graphs), evaluated in this process."""
-
-    def run_limited(self, run: QueryRun, limits: QueryLimits) -> Answer:
-        """Run a caller's query on this site's dataset, and only on it, under ``limits``: its answer, serialized.
-
-        The dataset is :meth:`QueryRun.options`'s (the union of the site's graphs unless the query or
-        the protocol names one; a name the site does not hold is an empty graph, never fetched).
-        Raises :class:`QueryError` if the query does not parse, ``NotAcceptable`` if the answer
-        cannot be sent as asked, ``RowLimit``/``ResponseTooLarge``/``MemoryLimit`` past a limit,
-        ``TimeLimit`` past the time limit and ``StoreBusy`` if the store cannot be read now."""
-
-    def flush(self) -> None: ...
-
-    # -- versions: what ``kgservice reason --stale`` and ``kgservice impact`` need -----------------
-
-    def case_versions(self) -> list[tuple[str, str | None]]:
-        """Every stored case's id with the ontology version that reasoned it (None: none recorded)."""
-
-    def export(self, case_ids: Sequence[str], inferred: bool = True) -> bytes:
-        """The asserted (and inferred) graphs of these cases as N-Quads, in the store's graph names."""
-
-    def reinfer(self, updates: Sequence[Reinferred]) -> list[str]:
-        """Give re-reasoned cases their new inferred graphs, all in one transaction, each only if
-        it still has the version it was read at; the ids switched."""
-
-
-@dataclass(frozen=True)
-class Reinferred:
-    """A stored case re-reasoned: its new inferred graph, for the version it was read at."""
-
-    case_id: str
-    read_at: str | None  # the ontology version the case had when it was read (None: none recorded)
-    inferred: Sequence[ox.Triple]
-
-
-class SiteStores(Protocol):
-    """The datasets of every site, opened on first use."""
-
-    def site(self, site: str) -> SiteStore: ...
-
-    def names(self) -> list[str]:
-        """The sites that have a dataset."""
-
-    def close(self) -> None: ...
-
-
-class GraphView:
-    """SELECTs over some graphs of an Oxigraph store: named ones, or its default graph."""
-
-    def __init__(self, store: ox.Store, graphs: Sequence[ox.NamedNode] | None = None) -> None:
-        self.store = store
-        self.graphs = list(graphs) if graphs is not None else None
-
-    @classmethod
-    def of(cls, triples: Iterable[ox.Triple]) -> GraphView:
-        """Triples in a store of their own, in memory (a case just reasoned)."""
-        store = ox.Store()
-        store.extend(ox.Quad(t.subject, t.predicate, t.object, ox.DefaultGraph()) for t in triples)
-        return cls(store)
-
-    def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:
-        options: dict[str, Any] = {"substitutions": substitutions or {}}
-        if self.graphs is not None:
-            options["default_graph"] = self.graphs
-        return solutions(self.store.query(query, **options))
 
 
 class OxigraphSite:
@@ -330,7 +180,7 @@ class OxigraphSite:
         # Paged by Oxigraph, in the store's own (index) order, stable while the store does not
         # change. Sorting every id, in Python or by ORDER BY, cost 1.2 s and 5 s at 100k cases;
         # a page in index order costs milliseconds.
-        pattern, projected, binds = _list_pattern(category, pathway)
+        pattern, projected, binds = list_pattern(category, pathway)
         page = (f"PREFIX esi: <{ESI}> SELECT ?case {projected} WHERE {{ {pattern} }} "
                 f"LIMIT {int(limit)} OFFSET {int(offset)}")
         ids = [_tail(row["case"].value) for row in solutions(self.store.query(page, substitutions=binds))]
@@ -342,7 +192,7 @@ class OxigraphSite:
         if (kept := self._counts.get(key)) is not None:
             return kept
         writes = self._writes
-        pattern, projected, binds = _list_pattern(category, pathway)
+        pattern, projected, binds = list_pattern(category, pathway)
         query = (f"PREFIX esi: <{ESI}> SELECT (COUNT(*) AS ?n) {projected} WHERE {{ {pattern} }}"
                  + (f" GROUP BY {projected}" if projected else ""))
         counted = next(iter(solutions(self.store.query(query, substitutions=binds))), None)
@@ -434,41 +284,6 @@ class OxigraphSite:
             release_freed_memory()
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return cast(Callable[[int], int], trim)
-
-
-_malloc_trim = _find_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Return the heap pages free()d by RocksDB to the OS (glibc's ``malloc_trim``).
-
-    After a flush glibc keeps the freed memtables' pages in its arenas: the process's RSS stays at
-    its high-water mark (1.2 GB after 20k cases, 40 MB once trimmed). The peak is bounded by the
-    flushes; this brings an idle server back down to its live memory.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-def _list_pattern(category: str | None, pathway: str | None) -> tuple[str, str, Substitutions]:
-    """The graph pattern of listed cases, its filter variables, and their values."""
-    binds: Substitutions = {}
-    if category is not None:
-        binds[ox.Variable("category")] = ox.NamedNode(str(ESI[category]))
-    if pathway is not None:
-        binds[ox.Variable("pathway")] = ox.NamedNode(str(ESI[pathway]))
-    pattern = "GRAPH ?g { ?case esi:hasResponseCategory ?category ." + (
-        " ?case esi:hasApplicablePathway ?pathway ." if pathway is not None else "") + " }"
-    return pattern, " ".join(f"?{v.value}" for v in binds), binds
-
-
 #: A case's categories and pathways (codes), as :meth:`OxigraphSite.count` counts them.
 _Facets = tuple[list[str], set[str]]
 
@@ -510,15 +325,6 @@ def _insert_data(quads: Sequence[ox.Quad]) -> str:
         by_graph.setdefault(str(q.graph_name), []).append(f"{q.subject} {q.predicate} {q.object} .")
     body = " ".join(f"GRAPH {g} {{ {' '.join(lines)} }}" for g, lines in by_graph.items())
     return f"INSERT DATA {{ {body} }}"
-
-
-def open_stores(settings: Any) -> SiteStores:
-    """The sites' stores the settings choose: embedded Oxigraph (default) or a remote SPARQL store."""
-    if settings.store == "sparql":
-        from .remote import SparqlStores
-
-        return SparqlStores(settings)
-    return Stores(settings.data_dir)
 
 
 class Stores:

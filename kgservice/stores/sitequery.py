@@ -31,7 +31,7 @@ import pyoxigraph as ox
 
 from ..core.ontology import CASE_BASE
 from ..errors import QueryError
-from .oxigraph import GRAPH_BASE, QueryScope
+from .base import GRAPH_BASE, QueryScope
 
 ONTOLOGY_GRAPHS = (GRAPH_BASE + "ontology", GRAPH_BASE + "ontology-closure")
 #: A graph no site has: the dataset when a query's own dataset named none of the site's graphs.

@@ -21,7 +21,8 @@ from flask.testing import FlaskClient
 
 from kgservice import isolation
 from kgservice.config import Settings
-from kgservice.isolation import ProcessCrashed, ReasoningPool, run_forked
+from kgservice.isolation import ProcessCrashed, run_forked
+from kgservice.workers import ReasoningPool
 
 from .conftest import Apps, Site, assert_problem, issue, settings_of, vignette
 
@@ -183,7 +184,7 @@ def test_the_worker_failure_format_carries_the_traceback_to_the_log() -> None:
     try:
         raise KeyError("inside a worker")
     except KeyError as exc:
-        kind, problem, trace = isolation._failure(exc)
+        kind, problem, trace = isolation.failure(exc)
     assert (kind, problem["status"]) == ("failed", 500) and "inside a worker" not in json.dumps(problem)
     assert "Traceback" in trace and "inside a worker" in trace
 

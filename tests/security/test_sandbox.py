@@ -21,11 +21,12 @@ from typing import Any
 import pyoxigraph as ox
 import pytest
 
-from kgservice import isolation
+from kgservice import workers
 from kgservice.config import Settings
 from kgservice.errors import Problem
-from kgservice.isolation import NotIsolated, ReasoningPool, run_forked
+from kgservice.isolation import NotIsolated, run_forked
 from kgservice.security import sandbox
+from kgservice.workers import ReasoningPool
 
 from .conftest import Listener, vignette
 
@@ -201,7 +202,7 @@ def test_a_worker_refuses_to_start_without_the_sandbox(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(sandbox, "enter", _unavailable)
     parent, child = multiprocessing.Pipe()
-    isolation._worker_main(Settings(), child, guard=False)  # in this process: returns at once
+    workers._worker_main(Settings(), child, guard=False)  # in this process: returns at once
     kind, message = parent.recv()
     assert kind == "refused" and "seccomp" in message
 
