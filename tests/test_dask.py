@@ -126,3 +126,28 @@ def test_a_worker_killed_mid_load_loses_no_case_and_stores_none_twice(cluster: C
     assert cluster.workers[0].wait(10) is not None  # it was killed during the load
     assert (summary.loaded, summary.rejected) == (CASES - 1, 1), summary.rejections[:3]
     assert len(stored(tmp_path / "killed", "north")) == CASES - 1
+
+
+@pytest.mark.slow
+def test_an_impact_run_on_a_dask_cluster_reports_what_the_local_pool_reports(cluster: Cluster,
+                                                                             tmp_path: Path) -> None:
+    from lifecycle_util import generated_cases, store_under_1_0
+    from rdflib import Graph, Literal
+
+    from kgservice.core.ontology import ESI
+    from kgservice.curation.impact import impact
+
+    settings = store_under_1_0(tmp_path / "data", generated_cases(60, prefix="imp", seed=5))
+    proposed = tmp_path / "strict.ttl"  # a curator's edit: a stricter success threshold
+    graph = Graph().parse(settings.ontology_path, format="turtle")
+    graph.set((ESI["success-relief-threshold"], ESI.parameterValue, Literal(70)))
+    graph.serialize(proposed, format="turtle")
+
+    local = impact(settings, proposed, workers=1, batch_size=BATCH, progress=None).as_json()
+    distributed = impact(settings, proposed, batch_size=BATCH, scheduler=cluster.address, progress=None).as_json()
+
+    assert local["stored"]["cases"] == distributed["stored"]["cases"] == 60
+    assert local["stored"]["counts"] == distributed["stored"]["counts"]
+    key = lambda report: sorted(report["stored"]["impacts"], key=lambda c: c["case"])  # noqa: E731
+    assert key(local) == key(distributed)
+    assert any(c["differences"] for c in local["stored"]["impacts"])  # the edit changed something
