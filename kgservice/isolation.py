@@ -23,7 +23,8 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,19 @@ def death_of(exitcode: int | None) -> str:
 
 # -- queries: fork, read, exit -----------------------------------------------------------------
 
-_fork_lock = threading.Lock()
+_fork_lock = threading.RLock()
+
+
+@contextmanager
+def no_fork() -> Iterator[None]:
+    """While the calling thread writes, flushes or compacts the store, no query child is forked.
+
+    A child forked while another thread of the server held RocksDB's mutex would inherit it
+    held and wait for ever (the retries below catch what RocksDB's own background threads do;
+    the server's own writes need not add to it).
+    """
+    with _fork_lock:
+        yield
 
 
 class StoreBusy(TimeLimit):

@@ -347,7 +347,8 @@ class Ontology:
     def reason_key(self, reason: str) -> tuple[int, str]:
         """Where a reason goes among its conclusion's reasons: clinical order, then text.
 
-        >>> Ontology.load(Path(__file__).parent.parent / "ontology" / "esi.ttl").reason_key("red flag: foot drop")
+        >>> from kgservice.config import Settings
+        >>> Ontology.load(Settings().ontology_path).reason_key("red flag: foot drop")
         (20, 'red flag: foot drop')
         """
         rank = next((n for prefix, n in self.explanation_order if reason.startswith(prefix)), 0)

@@ -20,7 +20,7 @@ from ..core.cases import SITE_PATTERN
 from ..core.ontology import ESI
 from ..core.terms import GraphView, Substitutions, Triple, solutions, triples_to_ox
 from ..errors import Conflict, NotFound
-from ..isolation import run_forked_streaming
+from ..isolation import no_fork, run_forked_streaming
 from ..queryrun import Answer, QueryLimits, QueryRun, execute
 from .base import CLOSURE_GRAPH, ONTOLOGY_GRAPH, CaseGraphs, Reinferred, list_pattern
 from .memory import release_freed_memory
@@ -76,7 +76,7 @@ class OxigraphSite:
         The flush runs after the lock is released, between transactions: it never splits one, and
         other writers need not wait for it. Nothing is counted when the transaction fails.
         """
-        with self._write:
+        with self._write, no_fork():
             yield
             self._writes += 1
             self._unflushed += quads
@@ -280,8 +280,15 @@ class OxigraphSite:
     def flush(self) -> None:
         """Write the memtables to disk, then hand the memory they held back to the OS."""
         if self.path is not None and not self.read_only:
-            self.store.flush()
+            with no_fork():
+                self.store.flush()
             release_freed_memory()
+
+    def compact(self) -> None:
+        """Compact the on-disk store (RocksDB), e.g. after a bulk load, with no query child forked meanwhile."""
+        if self.path is not None and not self.read_only:
+            with no_fork():
+                self.store.optimize()
 
 
 #: A case's categories and pathways (codes), as :meth:`OxigraphSite.count` counts them.

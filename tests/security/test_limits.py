@@ -153,9 +153,9 @@ def test_queries_are_answered_while_the_store_flushes_and_compacts(make_app: App
         while not stop.is_set():
             outcome = outcomes[n % len(outcomes)]
             site.replace(outcome.case_id, outcome.asserted, outcome.inferred)
-            site.store.flush()
+            site.flush()
             if n % 3 == 0:
-                site.store.optimize()
+                site.compact()
             n += 1
 
     worker = threading.Thread(target=churn, name="churn")
