@@ -57,3 +57,60 @@ def owlrl_closure(kb: Any, case: dict[str, Any]) -> Any:
     g += kb.read_json(case).graph
     owlrl.DeductiveClosure(owlrl.OWLRL_Semantics).expand(g)
     return g
+
+
+# -- today's code, for baselines measured in the same run ------------------------------------------
+
+#: main at the start of the performance work (issue 14): "today" for the ratios of targets 3, 4 and 6.
+BASELINE_COMMIT = "82b0dec"
+_baselines: dict[str, Any] = {}
+
+
+def baseline_tree(commit: str = BASELINE_COMMIT) -> Any:
+    """The source tree of ``commit`` (``git archive``) in a temporary dir, removed at exit; None without git.
+
+    Run its code with this venv's interpreter and ``baseline_env``: ``PYTHONPATH`` puts its
+    ``kgservice`` before the installed one. Made once per process and commit.
+    """
+    import atexit
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    if commit in _baselines:
+        return _baselines[commit]
+    repo = Path(__file__).resolve().parent.parent
+    tree = None
+    git = shutil.which("git")
+    if git:
+        done = subprocess.run([git, "-C", str(repo), "archive", "--format=tar", commit],
+                              capture_output=True, timeout=120, check=False)
+        if done.returncode == 0:
+            tree = Path(tempfile.mkdtemp(prefix=f"esi-baseline-{commit}-"))
+            atexit.register(shutil.rmtree, tree, True)
+            with tarfile.open(fileobj=__import__("io").BytesIO(done.stdout)) as archive:
+                archive.extractall(tree, filter="data")
+    _baselines[commit] = tree
+    return tree
+
+
+def baseline_env(commit: str = BASELINE_COMMIT) -> dict[str, str] | None:
+    """Environment (to add to ``os.environ``) that runs ``commit``'s code; None when it is unavailable.
+
+    Start the process with ``cwd=baseline_tree(commit)`` too: ``python -m`` puts the working
+    directory first on ``sys.path``.
+    """
+    tree = baseline_tree(commit)
+    return None if tree is None else {"PYTHONPATH": str(tree)}
+
+
+def baseline_server(data_dir: Any, commit: str = BASELINE_COMMIT, env: dict[str, str] | None = None) -> Any:
+    """A ``loadgen.Server`` (not started) running ``commit``'s ``kgservice serve``; None when unavailable."""
+    from loadgen import Server
+
+    extra = baseline_env(commit)
+    if extra is None:
+        return None
+    return Server(data_dir, env={**(env or {}), **extra}, cwd=baseline_tree(commit))

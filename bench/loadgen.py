@@ -37,8 +37,10 @@ def free_port() -> int:
 class Server:
     """``kgservice serve`` in a session of its own (so that its whole process group can be stopped)."""
 
-    def __init__(self, data_dir: Path, log: Path | None = None, env: dict[str, str] | None = None) -> None:
-        self.data_dir = Path(data_dir)
+    def __init__(self, data_dir: Path, log: Path | None = None, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.cwd = cwd  # another source tree's code (bench/common.py's baseline_server) runs from its own dir
         self.port = free_port()
         self.log = log or self.data_dir.parent / f"server-{self.port}.log"
         self.env = {**os.environ, "ESI_AUTH_REQUIRED": "false", **(env or {})}
@@ -54,7 +56,7 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kgservice.cli", "serve", "--port", str(self.port),
                  "--data-dir", str(self.data_dir)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
         deadline = self.launched + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
