@@ -147,8 +147,7 @@ def _body() -> bytes:
 @bp.post("/pathway")
 @requires("pathway:run")
 def pathway() -> Response:
-    answer = service().pathway(_body(), request.content_type, site())
-    return Response(json.dumps(answer, ensure_ascii=False), mimetype=JSON)
+    return Response(service().pathway_json(_body(), request.content_type, site()), mimetype=JSON)
 
 
 @bp.post("/cases")

@@ -54,6 +54,7 @@ class Settings:
     base_iri: str = "https://w3id.org/esi-kg/"
     reasoning_timeout_s: float = 10.0
     reasoning_workers: int | None = None
+    reasoning_batch: int = 32  # at most this many waiting requests are reasoned together
     auth_required: bool = True
     cors_origins: str = ""
     audit_log: Path | None = None

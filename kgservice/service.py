@@ -6,6 +6,7 @@ and the command line call it; it calls down the pipeline and never back up.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from .core.terms import triples_from_ox
 from .errors import InvalidCase, NotFound, Problem, Violation
 from .reasoning import ENGINES
 from .stores.base import SiteStore, SiteStores, open_stores
-from .workers import ReasoningPool
+from .workers import ReasoningPool, Reply
 
 
 @dataclass
@@ -37,15 +38,22 @@ class Service:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.kb = kb or KnowledgeBase.from_settings(settings)
-        self.stores: SiteStores = stores or open_stores(settings)
+        workers = settings.reasoning_workers or 0
+        # Before any store is open or thread started: the pool forks its first workers from self.kb.
+        self.pool = ReasoningPool(settings, workers, guard, kb=self.kb) if workers > 0 else None
+        try:
+            self.stores: SiteStores = stores or open_stores(settings)
+        except BaseException:
+            if self.pool is not None:
+                self.pool.close()
+            raise
         self._current: set[str] = set()  # sites whose ontology graphs this process has brought up to date
         self._current_lock = threading.Lock()
-        workers = settings.reasoning_workers or 0
-        self.pool = ReasoningPool(settings, workers, guard) if workers > 0 else None
 
     def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None,
-               graphs: bool = True) -> Outcome:
+               graphs: bool = True) -> Outcome | Reply:
         """The pipeline for one body, in a worker process when there is a pool; raises its problem."""
+        result: Outcome | Reply | Problem
         if self.pool is not None:
             result = self.pool.process(body, media_type, site, case_id, graphs)
         else:
@@ -59,6 +67,13 @@ class Service:
     def pathway(self, body: bytes, media_type: str | None, site: str) -> dict[str, Any]:
         """Answer a case without storing it."""
         return self.reason(body, media_type, site, graphs=False).answer
+
+    def pathway_json(self, body: bytes, media_type: str | None, site: str) -> bytes:
+        """:meth:`pathway`'s answer as JSON, as a reasoning worker serialised it."""
+        outcome = self.reason(body, media_type, site, graphs=False)
+        if isinstance(outcome, Reply):
+            return outcome.answer_json
+        return json.dumps(outcome.answer, ensure_ascii=False).encode()
 
     def create(self, body: bytes, media_type: str | None, site: str) -> Stored:
         outcome = self.reason(body, media_type, site)

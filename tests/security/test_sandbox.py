@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -260,16 +261,17 @@ def test_the_real_server_sends_nothing_out_for_any_spelling(tmp_path: Path, list
         log = server.stderr()
         assert log.count("Operation not permitted") >= len(refused_by_the_kernel), log[-2000:]
 
-        gunicorn_worker = [p for p in _descendants(server.process.pid) if "spawn" not in _cmdline(p)]
-        workers = [p for p in _descendants(server.process.pid) if "spawn_main" in _cmdline(p)]
-        assert workers, "no reasoning worker found"
+        # the reasoning workers are forked from the gunicorn worker: known by the line each logs when ready
+        workers = [int(pid) for pid in re.findall(r"reasoning worker (\d+) ready", log)]
+        assert workers and set(workers) <= set(_descendants(server.process.pid)), ("no reasoning worker found", log)
+        gunicorn_worker = [p for p in _descendants(server.process.pid) if p not in workers]
         for pid in workers:
             assert _status(pid)["Seccomp"] == "2", (pid, _cmdline(pid))
 
         slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l }"
         thread = threading.Thread(target=sparql_select, args=(server.base_url, slow), daemon=True)
         thread.start()
-        known = set(gunicorn_worker)
+        known = set(gunicorn_worker) | set(workers)
         seen: dict[int, str] = {}
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and not seen:
