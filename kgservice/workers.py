@@ -202,6 +202,8 @@ class ReasoningPool:
         self.guard = guard
         self._spawn = multiprocessing.get_context("spawn")
         forking = kb is not None and "fork" in multiprocessing.get_all_start_methods()
+        if forking:
+            _written_before_fork(kb)
         first = multiprocessing.get_context("fork") if forking else self._spawn
         self._all: list[_Worker] = [_Worker(first, settings, guard, kb if forking else None) for _ in range(size)]
         self._waiting: deque[_Request] = deque()
@@ -322,6 +324,16 @@ class ReasoningPool:
         self._all[slot] = _Worker(self._spawn, self.settings, self.guard)
         with self._wake:
             self.restarts += 1
+
+
+def _written_before_fork(kb: KnowledgeBase) -> None:
+    """Write the files the reasoner writes on first use (its TBox as Turtle) now, in the parent:
+    forked workers would otherwise all write the same file at once under the parent's name."""
+    from .reasoning import TBoxFile
+
+    for value in vars(kb.reasoner).values():
+        if isinstance(value, TBoxFile):
+            value.path()
 
 
 def _result(reply: tuple[Any, ...]) -> Reply | Problem:

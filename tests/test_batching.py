@@ -114,11 +114,11 @@ def test_a_worker_killed_mid_batch_answers_every_request_and_the_pool_goes_on(po
 
 
 def test_concurrent_requests_get_the_answers_sequential_ones_get(tmp_path: Path) -> None:
-    """The real server with one reasoning worker and eight clients at once: the same answers and
+    """The real server with two reasoning workers and eight clients at once: the same answers and
     problems, byte for byte, as one request at a time."""
     requests = [(key, {**VIGNETTES[key]}) for key in sorted(VIGNETTES)]
     requests += [("bad", {**VIGNETTES["p01"], "age": -3}), ("broken", "{not json")]
-    with RealServer(tmp_path / "data", auth_required=False, reasoning_workers=1) as server:
+    with RealServer(tmp_path / "data", auth_required=False, reasoning_workers=2) as server:
         def send(item: tuple[str, Any]) -> tuple[int, bytes]:
             data = item[1] if isinstance(item[1], dict) else item[1].encode()
             reply = server.request("POST", "/pathway", data, headers={"Content-Type": JSON})
