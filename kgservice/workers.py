@@ -76,8 +76,10 @@ class Reply:
 
 
 def _worker_main(settings: Settings, conn: Connection, guard: bool, kb: KnowledgeBase | None = None) -> None:
+    own: list[Any] = []
     if kb is not None:  # forked from the server: drop what the server's process had set up for itself
         _forget_parent(conn)
+        own = _own_files(kb)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     try:
         sandbox.enter("a reasoning worker")  # the kernel's guard: for native code too
@@ -96,7 +98,9 @@ def _worker_main(settings: Settings, conn: Connection, guard: bool, kb: Knowledg
     while True:
         try:
             jobs = conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # the pool closed: a forked worker leaves no file behind
+            for path in own:
+                path.unlink(missing_ok=True)
             return
         conn.send(answer_all(kb, jobs))
 
@@ -176,7 +180,7 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
-        self.conn.close()
+        self.conn.close()  # closing twice is harmless
 
 
 @dataclass
@@ -202,8 +206,6 @@ class ReasoningPool:
         self.guard = guard
         self._spawn = multiprocessing.get_context("spawn")
         forking = kb is not None and "fork" in multiprocessing.get_all_start_methods()
-        if forking:
-            _written_before_fork(kb)
         first = multiprocessing.get_context("fork") if forking else self._spawn
         self._all: list[_Worker] = [_Worker(first, settings, guard, kb if forking else None) for _ in range(size)]
         self._waiting: deque[_Request] = deque()
@@ -264,6 +266,9 @@ class ReasoningPool:
         for r in left:
             r.finish(Problem.of(TimeLimit("the service is stopping; the case was not reasoned")))
         for worker in self._all:
+            worker.conn.close()  # an idle worker reads the end, tidies up and exits
+        for worker in self._all:
+            worker.process.join(0.5)
             worker.kill()
 
     # -- the feeders: one thread per worker ---------------------------------------------------------
@@ -326,14 +331,19 @@ class ReasoningPool:
             self.restarts += 1
 
 
-def _written_before_fork(kb: KnowledgeBase) -> None:
-    """Write the files the reasoner writes on first use (its TBox as Turtle) now, in the parent:
-    forked workers would otherwise all write the same file at once under the parent's name."""
-    from .reasoning import TBoxFile
+def _own_files(kb: KnowledgeBase) -> list[Any]:
+    """In a forked worker: the files the reasoner writes on first use (its TBox as Turtle) get
+    this process's name, as in a worker started afresh; forked workers would otherwise all
+    write the parent's file at once (one read NULs). Returns their paths."""
+    from . import reasoning
 
+    kind = getattr(reasoning, "TBoxFile", None)
+    own: dict[int, Any] = {}
     for value in vars(kb.reasoner).values():
-        if isinstance(value, TBoxFile):
-            value.path()
+        if kind is not None and isinstance(value, kind) and id(value) not in own and hasattr(value, "_path"):
+            path = value._path
+            value._path = own[id(value)] = path.with_name(f"{path.stem}-worker{os.getpid()}{path.suffix}")
+    return list(own.values())
 
 
 def _result(reply: tuple[Any, ...]) -> Reply | Problem:
