@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -47,21 +48,40 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        """The app, in gunicorn's worker. The reasoning workers come first: one process forked
+        now loads the knowledge base and forks the others from it, on the second core, while
+        this one imports the web stack and opens the store; this process's own knowledge base
+        (for everything but reasoning) loads after the app is up."""
+        _log_to_gunicorn()
+        settings = self.settings
+        if settings.reasoning_workers is None:  # the cores, shared by the API workers
+            settings = settings.with_(reasoning_workers=max(1, (os.cpu_count() or 2) // settings.workers))
+        pool = None
+        if settings.reasoning_workers:
+            from .workers import ReasoningPool
+
+            pool = ReasoningPool(settings, settings.reasoning_workers, guard=True, zygote=True)
         from .api import create_app
         from .security.guard import install_network_guard
         from .service import Service
 
-        _log_to_gunicorn()
-        settings = self.settings
         allow = []
         if settings.store == "sparql":  # the server itself sends the queries to the remote store
             from .stores.sparqlclient import store_addresses
 
             allow = store_addresses(settings)
         install_network_guard(allow)  # from here on, nothing in this process may connect out but to the store
-        if settings.reasoning_workers is None:  # the cores, shared by the API workers
-            settings = settings.with_(reasoning_workers=max(1, (os.cpu_count() or 2) // settings.workers))
-        return create_app(settings, service=Service(settings, guard=True))
+        try:
+            service = Service(settings, guard=True, pool=pool)
+            app = create_app(settings, service=service)
+            if pool is not None:
+                pool.wait_ready()  # a worker that cannot start (no sandbox) stops the server here
+        except BaseException:
+            if pool is not None:
+                pool.close()
+            raise
+        threading.Thread(target=service.load_kb, name="knowledge-base", daemon=True).start()
+        return app
 
 
 def _log_to_gunicorn() -> None:

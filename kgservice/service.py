@@ -9,20 +9,21 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyoxigraph as ox
 from rdflib import Graph
 
-from .config import Settings
+from .config import ENGINES, Settings
 from .core import cases
-from .core.kb import KnowledgeBase, Outcome
 from .core.ontology import ESI
 from .core.terms import triples_from_ox
 from .errors import InvalidCase, NotFound, Problem, Violation
-from .reasoning import ENGINES
 from .stores.base import SiteStore, SiteStores, open_stores
 from .workers import ReasoningPool, Reply
+
+if TYPE_CHECKING:
+    from .core.kb import KnowledgeBase, Outcome
 
 
 @dataclass
@@ -33,14 +34,23 @@ class Stored:
 
 
 class Service:
+    """``pool``: reasoning workers started by the caller (``kgservice serve``: before it imported
+    the web stack); then this process's own knowledge base, which answers everything but the
+    reasoning, is loaded on first use (or by :meth:`load_kb`), not before the first answer."""
+
     def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, stores: SiteStores | None = None,
-                 guard: bool = False) -> None:
+                 guard: bool = False, pool: ReasoningPool | None = None) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.kb = kb or KnowledgeBase.from_settings(settings)
+        self._kb = kb
+        self._kb_lock = threading.Lock()
         workers = settings.reasoning_workers or 0
-        # Before any store is open or thread started: the pool forks its first workers from self.kb.
-        self.pool = ReasoningPool(settings, workers, guard, kb=self.kb) if workers > 0 else None
+        if pool is None and workers > 0:
+            # Before any store is open or thread started: the pool forks its first workers from the knowledge base.
+            pool = ReasoningPool(settings, workers, guard, kb=self.kb)
+        self.pool = pool
+        if pool is None:
+            self.load_kb()
         try:
             self.stores: SiteStores = stores or open_stores(settings)
         except BaseException:
@@ -49,6 +59,19 @@ class Service:
             raise
         self._current: set[str] = set()  # sites whose ontology graphs this process has brought up to date
         self._current_lock = threading.Lock()
+
+    @property
+    def kb(self) -> KnowledgeBase:
+        return self._kb or self.load_kb()
+
+    def load_kb(self) -> KnowledgeBase:
+        """This process's knowledge base, loaded now if it was not yet (once, whoever asks first)."""
+        with self._kb_lock:
+            if self._kb is None:
+                from .core.kb import KnowledgeBase
+
+                self._kb = KnowledgeBase.from_settings(self.settings)
+            return self._kb
 
     def reason(self, body: bytes, media_type: str | None, site: str, case_id: str | None = None,
                graphs: bool = True) -> Outcome | Reply:
@@ -123,7 +146,13 @@ class Service:
         return self.kb.vocabulary
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "ontology_version": self.kb.version, "engine": self.kb.reasoner.engine,
+        """Answered without this process's knowledge base while it loads: the workers say the version."""
+        kb = self._kb
+        if kb is None and self.pool is not None and self.pool.version is not None:
+            return {"status": "ok", "ontology_version": self.pool.version, "engine": self.settings.engine,
+                    "engines": sorted(ENGINES)}
+        kb = kb or self.kb
+        return {"status": "ok", "ontology_version": kb.version, "engine": kb.reasoner.engine,
                 "engines": sorted(ENGINES)}
 
     # -- plumbing ----------------------------------------------------------------------------------

@@ -14,10 +14,7 @@ worker dies, has its worker killed and replaced (the CPU is freed at once); a ba
 then gets ``503`` (time limit) or ``422`` (the case stopped its process), and the requests of
 a larger batch are each re-run alone, so the problem reaches exactly the request that caused it.
 
-The first workers are forked from the server process right after it has loaded its knowledge
-base, before it opens a store or starts a thread, so they start in milliseconds with the
-knowledge base already built; replacements are started afresh (``spawn``), since forking a
-process with threads and an open store is not safe.
+How the worker processes start and what they run is :mod:`kgservice.workerproc`.
 """
 
 from __future__ import annotations
@@ -25,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
-import signal
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -36,18 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 import pyoxigraph as ox
 
+from . import workerproc
 from .config import Settings
 from .errors import InternalError, Problem
-from .isolation import ProcessCrashed, TimeLimit, death_of, failure, remote_problem
-from .security import sandbox
+from .isolation import ProcessCrashed, TimeLimit, death_of, remote_problem
+from .workerproc import Job
 
 if TYPE_CHECKING:
     from .core.kb import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
-#: What a request sends a worker: body, media type, site, case id (``PUT``), whether graphs are wanted.
-Job = tuple[bytes, "str | None", str, "str | None", bool]
 
 
 @dataclass
@@ -72,115 +66,71 @@ class Reply:
         return _parse(self.inferred_nt)
 
 
-# -- in the worker process -----------------------------------------------------------------------
-
-
-def _worker_main(settings: Settings, conn: Connection, guard: bool, kb: KnowledgeBase | None = None) -> None:
-    own: list[Any] = []
-    if kb is not None:  # forked from the server: drop what the server's process had set up for itself
-        _forget_parent(conn)
-        own = _own_files(kb)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    try:
-        sandbox.enter("a reasoning worker")  # the kernel's guard: for native code too
-    except sandbox.SandboxUnavailable as exc:
-        conn.send(("refused", str(exc)))
-        return
-    if guard:
-        from .security.guard import install_network_guard
-
-        install_network_guard()
-    if kb is None:
-        from .core.kb import KnowledgeBase
-
-        kb = KnowledgeBase.from_settings(settings)
-    conn.send(("ready", kb.version))
-    while True:
-        try:
-            jobs = conn.recv()
-        except (EOFError, OSError):  # the pool closed: a forked worker leaves no file behind
-            for path in own:
-                path.unlink(missing_ok=True)
-            return
-        conn.send(answer_all(kb, jobs))
-
-
-def _forget_parent(conn: Connection) -> None:
-    """In a forked worker: default signal handlers, and no file descriptor of the server's but
-    stdio and the pipe (its listening socket above all: a worker never sees a client)."""
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
-                signal.SIGCHLD, signal.SIGABRT):
-        signal.signal(sig, signal.SIG_DFL)
-    keep = {0, 1, 2, conn.fileno()}
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) not in keep:
-            try:
-                os.close(int(name))
-            except OSError:
-                pass  # the listing's own descriptor, already gone
-
-
-def answer_all(kb: KnowledgeBase, jobs: list[Job]) -> list[tuple[Any, ...]]:
-    """One reply per job, in order: ``("ok", case_id, answer JSON, asserted, inferred)``,
-    ``("problem", problem, case_id)`` or a :func:`~kgservice.isolation.failure`.
-
-    Jobs of the same media type, site and kind go through :meth:`KnowledgeBase.process` together;
-    a job naming its case (``PUT``) goes alone. A group that raises is re-run job by job.
-    """
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, (_, media_type, site, case_id, graphs) in enumerate(jobs):
-        groups.setdefault((i,) if case_id is not None else (media_type, site, graphs), []).append(i)
-    replies: list[tuple[Any, ...]] = [()] * len(jobs)
-    for indices in groups.values():
-        try:
-            replies_of = _answer_group(kb, [jobs[i] for i in indices])
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, the worker lives on
-            if len(indices) == 1:
-                replies_of = [failure(exc)]
-            else:  # find which case it was: each alone
-                replies_of = [answer_all(kb, [jobs[i]])[0] for i in indices]
-        for i, reply in zip(indices, replies_of, strict=True):
-            replies[i] = reply
-    return replies
-
-
-def _answer_group(kb: KnowledgeBase, jobs: list[Job]) -> list[tuple[Any, ...]]:
-    _, media_type, site, case_id, graphs = jobs[0]
-    results = kb.process([job[0] for job in jobs], media_type, site, case_id=case_id, graphs=graphs)
-    return [("problem", r.problem(), r.case_id) if isinstance(r, Problem) else (
-        "ok", r.case_id, json.dumps(r.answer, ensure_ascii=False).encode(),
-        ox.serialize(r.asserted, format=ox.RdfFormat.N_TRIPLES) if graphs else b"",
-        ox.serialize(r.inferred, format=ox.RdfFormat.N_TRIPLES) if graphs else b"",
-    ) for r in results]
-
-
 # -- in the server process ------------------------------------------------------------------------
 
 
 class _Worker:
-    def __init__(self, ctx: Any, settings: Settings, guard: bool, kb: KnowledgeBase | None = None) -> None:
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(settings, child, guard, kb), daemon=True)
-        self.process.start()
-        child.close()
+    """One worker process as the pool sees it: its pipe, its process, whether it said it was ready.
+
+    ``process`` is a ``multiprocessing.Process``, or an :class:`~kgservice.workerproc.Adopted`
+    (known once the worker has said its pid) for the workers a zygote forked.
+    """
+
+    def __init__(self, conn: Connection, process: Any = None) -> None:
+        self.conn = conn
+        self.process = process
         self.ready = False
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    @classmethod
+    def start(cls, ctx: Any, settings: Settings, guard: bool, kb: KnowledgeBase | None = None) -> _Worker:
+        conn, child = ctx.Pipe()
+        process = ctx.Process(target=workerproc.worker_main, args=(settings, child, guard, kb), daemon=True)
+        process.start()
+        child.close()
+        return cls(conn, process)
+
+    @classmethod
+    def zygote(cls, settings: Settings, size: int, guard: bool) -> list[_Worker]:
+        ctx = multiprocessing.get_context("fork")
+        pipes = [ctx.Pipe() for _ in range(size)]
+        workerproc.become_subreaper()
+        process = ctx.Process(target=workerproc.zygote_main, args=(settings, [c for _, c in pipes], guard),
+                              daemon=True)
+        process.start()
+        for _, child in pipes:
+            child.close()
+        return [cls(conn, process if slot == 0 else None) for slot, (conn, _) in enumerate(pipes)]
+
+    def wait_ready(self, timeout: float = 120) -> str:
+        """Wait for the worker's first word; its ontology version. Raises when it refused to start."""
         if not self.ready:
-            if not self.conn.poll(timeout):
-                raise RuntimeError("a reasoning worker did not start")
-            message = self.conn.recv()
+            message: Any
+            try:
+                message = self.conn.recv() if self.conn.poll(timeout) else ("refused", "it did not start")
+            except (EOFError, OSError):
+                message = ("refused", "it ended before it was ready")
             if message[0] != "ready":
                 log.error("a reasoning worker refused to start: %s", message[1])
                 raise RuntimeError(f"a reasoning worker refused to start: {message[1]}")
+            self.version, pid = message[1], message[2]
+            if self.process is None:
+                self.process = workerproc.Adopted(pid)
             self.ready = True
-            log.info("reasoning worker %d ready (ontology %s)", self.process.pid, message[1])
+            log.info("reasoning worker %d ready (ontology %s)", pid, self.version)
+        return self.version
 
     def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5)
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(5)
         self.conn.close()  # closing twice is harmless
+
+    def exitcode(self) -> int | None:
+        if self.process is None:
+            return None
+        self.process.join(1)
+        return self.process.exitcode  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -197,32 +147,47 @@ class _Request:
 class ReasoningPool:
     """``size`` worker processes fed by one queue of requests, in batches of what waits.
 
-    ``kb``: the caller's knowledge base, to fork the first workers from (call before the
-    process starts threads or opens a store); without it they load their own.
+    How the first workers start (:mod:`kgservice.workerproc`): ``kb`` given, forked from it
+    (call before the process starts threads or opens a store); ``zygote=True``, from one
+    process that loads the knowledge base while this one goes on (``kgservice serve``: call
+    before the web stack is imported; :meth:`wait_ready` then waits for them); else spawned.
+    Replacements are always spawned.
     """
 
-    def __init__(self, settings: Settings, size: int, guard: bool = False, kb: KnowledgeBase | None = None) -> None:
+    def __init__(self, settings: Settings, size: int, guard: bool = False, kb: KnowledgeBase | None = None,
+                 zygote: bool = False) -> None:
         self.settings = settings
         self.guard = guard
         self._spawn = multiprocessing.get_context("spawn")
-        forking = kb is not None and "fork" in multiprocessing.get_all_start_methods()
-        first = multiprocessing.get_context("fork") if forking else self._spawn
-        self._all: list[_Worker] = [_Worker(first, settings, guard, kb if forking else None) for _ in range(size)]
+        forks = "fork" in multiprocessing.get_all_start_methods()
+        if zygote and forks and kb is None:
+            self._all = _Worker.zygote(settings, size, guard)
+        else:
+            ctx = multiprocessing.get_context("fork") if kb is not None and forks else self._spawn
+            self._all = [_Worker.start(ctx, settings, guard, kb if ctx is not self._spawn else None)
+                         for _ in range(size)]
         self._waiting: deque[_Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
         self.batches: Counter[int] = Counter()  # batch size -> how many batches of that size were sent
         self.restarts = 0
-        try:
-            for worker in self._all:
-                worker.wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        self.version: str | None = None  # the ontology version the workers hold, once they said it
+        if not zygote:
+            self.wait_ready()
         self._feeders = [threading.Thread(target=self._feed, args=(slot,), name=f"reasoning-feeder-{slot}",
                                           daemon=True) for slot in range(size)]
         for feeder in self._feeders:
             feeder.start()
+
+    def wait_ready(self) -> str:
+        """Wait until every worker is ready; the ontology version they hold. Raises (and closes
+        the pool) when one refused to start, e.g. without its sandbox."""
+        try:
+            self.version = [worker.wait_ready() for worker in list(self._all)][0]
+        except BaseException:
+            self.close()
+            raise
+        return self.version
 
     # -- what callers use ------------------------------------------------------------------------
 
@@ -255,7 +220,7 @@ class ReasoningPool:
                 "cases": sum(n * k for n, k in sizes.items()), "batch_sizes": sizes, "restarts": self.restarts}
 
     def worker_pids(self) -> list[int]:
-        return [w.process.pid for w in self._all if w.process.pid is not None]
+        return [w.process.pid for w in self._all if w.process is not None and w.process.pid is not None]
 
     def close(self) -> None:
         with self._wake:
@@ -268,7 +233,8 @@ class ReasoningPool:
         for worker in self._all:
             worker.conn.close()  # an idle worker reads the end, tidies up and exits
         for worker in self._all:
-            worker.process.join(0.5)
+            if worker.process is not None:
+                worker.process.join(0.5)
             worker.kill()
 
     # -- the feeders: one thread per worker ---------------------------------------------------------
@@ -318,32 +284,16 @@ class ReasoningPool:
             replies: list[tuple[Any, ...]] = worker.conn.recv()
             return replies
         except (EOFError, OSError):
-            worker.process.join(1)
-            death = death_of(worker.process.exitcode)
+            death = death_of(worker.exitcode())
             log.error("a reasoning worker died while reasoning %d case(s) (%s)", len(jobs), death)
             self._replace(slot)
             raise ProcessCrashed(f"reasoning this case stopped its worker process ({death}); it was logged") from None
 
     def _replace(self, slot: int) -> None:
         self._all[slot].kill()
-        self._all[slot] = _Worker(self._spawn, self.settings, self.guard)
+        self._all[slot] = _Worker.start(self._spawn, self.settings, self.guard)
         with self._wake:
             self.restarts += 1
-
-
-def _own_files(kb: KnowledgeBase) -> list[Any]:
-    """In a forked worker: the files the reasoner writes on first use (its TBox as Turtle) get
-    this process's name, as in a worker started afresh; forked workers would otherwise all
-    write the parent's file at once (one read NULs). Returns their paths."""
-    from . import reasoning
-
-    kind = getattr(reasoning, "TBoxFile", None)
-    own: dict[int, Any] = {}
-    for value in vars(kb.reasoner).values():
-        if kind is not None and isinstance(value, kind) and id(value) not in own and hasattr(value, "_path"):
-            path = value._path
-            value._path = own[id(value)] = path.with_name(f"{path.stem}-worker{os.getpid()}{path.suffix}")
-    return list(own.values())
 
 
 def _result(reply: tuple[Any, ...]) -> Reply | Problem:

@@ -129,3 +129,48 @@ def test_concurrent_requests_get_the_answers_sequential_ones_get(tmp_path: Path)
             concurrent = list(clients.map(send, requests * 4))
     assert [status for status, _ in sequential] == [200] * len(VIGNETTES) + [422, 400]
     assert concurrent == sequential * 4
+
+
+ZYGOTE = """
+import json, os, signal, sys
+from pathlib import Path
+from kgservice.config import Settings
+from kgservice.isolation import ProcessCrashed
+from kgservice.workerproc import Adopted
+from kgservice.workers import ReasoningPool
+
+pool = ReasoningPool(Settings(data_dir=Path(sys.argv[1]), reasoning_timeout_s=60), 2, zygote=True)
+pool.wait_ready()
+first, second = pool._all[0].process, pool._all[1].process
+report = {"adopted": isinstance(second, Adopted),
+          "parent_of_second": int(Path(f"/proc/{second.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]),
+          "me": os.getpid(), "first_is_child": first.pid != second.pid}
+os.kill(second.pid, signal.SIGSEGV)
+job = (Path(sys.argv[2]).read_bytes(), "application/json", "north", None, False)
+try:
+    pool._round_trip(1, [job])  # the dead worker's own slot
+except ProcessCrashed as exc:
+    report["crash"] = exc.problem()["detail"]
+report["reaped"] = not Path(f"/proc/{second.pid}").exists()
+report["answers"] = [pool.process(*job).answer["case"] for _ in range(4)]
+pool.close()
+print(json.dumps(report))
+"""
+
+
+def test_a_zygote_forks_the_workers_and_an_adopted_one_that_dies_is_reaped_and_named(tmp_path: Path) -> None:
+    """``kgservice serve``'s pool: one process loads the knowledge base and forks the other
+    workers, which the server adopts; when one dies, the server knows the signal (run in a
+    process of its own: the pool makes its process a child subreaper)."""
+    import subprocess
+    import sys
+
+    case = tmp_path / "case.json"
+    case.write_bytes(body("p01"))
+    done = subprocess.run([sys.executable, "-c", ZYGOTE, str(tmp_path), str(case)], capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["adopted"] and report["first_is_child"] and report["parent_of_second"] == report["me"], report
+    assert "SIGSEGV" in report["crash"] and report["reaped"], report
+    assert report["answers"] == ["p01"] * 4

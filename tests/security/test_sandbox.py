@@ -22,7 +22,7 @@ from typing import Any
 import pyoxigraph as ox
 import pytest
 
-from kgservice import workers
+from kgservice import workerproc
 from kgservice.config import Settings
 from kgservice.errors import Problem
 from kgservice.isolation import NotIsolated, run_forked
@@ -203,9 +203,21 @@ def test_a_worker_refuses_to_start_without_the_sandbox(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(sandbox, "enter", _unavailable)
     parent, child = multiprocessing.Pipe()
-    workers._worker_main(Settings(), child, guard=False)  # in this process: returns at once
+    workerproc.worker_main(Settings(), child, guard=False)  # in this process: returns at once
     kind, message = parent.recv()
     assert kind == "refused" and "seccomp" in message
+
+
+def test_a_zygote_refuses_for_every_worker_without_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(sandbox, "enter", _unavailable)
+    monkeypatch.setattr(workerproc, "_forget_parent", lambda conns: None)  # this is pytest's process
+    pipes = [multiprocessing.Pipe() for _ in range(3)]
+    workerproc.zygote_main(Settings(), [child for _, child in pipes], guard=False)  # returns at once
+    for parent, _ in pipes:
+        kind, message = parent.recv()
+        assert kind == "refused" and "seccomp" in message
 
 
 # -- the real processes ------------------------------------------------------------------------------
