@@ -56,6 +56,7 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
         settings = self.settings
         if settings.reasoning_workers is None:  # the cores, shared by the API workers
             settings = settings.with_(reasoning_workers=max(1, (os.cpu_count() or 2) // settings.workers))
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the workers keep the ontology's closure there
         pool = None
         if settings.reasoning_workers:
             from .workers import ReasoningPool

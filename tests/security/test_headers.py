@@ -89,7 +89,7 @@ def _raise(*args: Any, **kwargs: Any) -> Any:
 
 
 @pytest.mark.parametrize("method,path,target,options", [
-    ("POST", "/pathway", "pathway", {"json": vignette("p01")}),
+    ("POST", "/pathway", "pathway_json", {"json": vignette("p01")}),
     ("POST", "/cases", "create", {"json": vignette("p02")}),
     ("GET", "/cases/p01", "case_json", {}),
     ("GET", "/cases/p01/pathway", "stored_answer", {}),
