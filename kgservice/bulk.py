@@ -40,15 +40,28 @@ class Summary:
     rejected: int = 0
     seconds: float = 0.0
     rejections: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb: dict[str, int | None] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {"loaded": self.loaded, "rejected": self.rejected, "seconds": round(self.seconds, 2),
                 "cases_per_second": round(self.loaded / self.seconds, 1) if self.seconds else None,
-                "rejections": self.rejections}
+                "peak_rss_mb": self.peak_rss_mb, "rejections": self.rejections}
+
+
+def peak_rss_mb() -> dict[str, int | None]:
+    """The largest resident memory of this process so far and of its largest finished child (the
+    local reasoning workers, once their pool has stopped; None when there was none), in MB."""
+    import resource
+
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"loader": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            "largest_worker": child // 1024 if child else None}
 
 
 def read_items(path: Path) -> Iterator[Item]:
-    """Cases from a file or folder, one at a time; unreadable entries come out as errors."""
+    """Cases from a file or folder, one at a time: a JSON line as its bytes (the worker decodes it:
+    this process, which alone writes, decodes nothing), a JSON file's cases decoded, and a file
+    that cannot be read as JSON as its error."""
     files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl")) if path.is_dir() else [path]
     position = 0
     for file in files:
@@ -67,13 +80,10 @@ def read_items(path: Path) -> Iterator[Item]:
                 for item in data if isinstance(data, list) else [data]:
                     yield position, item
                     position += 1
-            else:
+            else:  # JSON lines: each is decoded by the worker that reasons it, not here
                 for line in handle:
                     if line.strip():
-                        try:
-                            yield position, load_json(line)
-                        except MalformedInput as exc:
-                            yield position, exc
+                        yield position, line
                         position += 1
 
 
@@ -101,7 +111,13 @@ def reason_batch(items: list[Item], site: str, kb: Any) -> list[tuple[int, str |
     results: list[tuple[int, str | None, Any]] = []
     readable = []
     for position, item in items:
-        if isinstance(item, ESIError):  # the line or file could not be read as JSON
+        if isinstance(item, bytes):  # a JSON line, decoded here; its error is kept as JSON (no traceback)
+            try:
+                item = load_json(item)
+            except MalformedInput as exc:
+                results.append((position, None, exc.problem()))
+                continue
+        if isinstance(item, ESIError):  # the file could not be read as JSON
             results.append((position, None, item.problem()))
         else:
             readable.append((position, item))
@@ -111,9 +127,8 @@ def reason_batch(items: list[Item], site: str, kb: Any) -> list[tuple[int, str |
             results.append((position, outcome.case_id, outcome.problem()))
             continue
         graphs = CaseGraphs.of(site, outcome.case_id)
-        quads = [*(ox.Quad(t.subject, t.predicate, t.object, graphs.asserted) for t in outcome.asserted),
-                 *(ox.Quad(t.subject, t.predicate, t.object, graphs.inferred) for t in outcome.inferred)]
-        results.append((position, outcome.case_id, serialized_quads(quads)))
+        results.append((position, outcome.case_id,
+                        in_graph(outcome.asserted, graphs.asserted) + in_graph(outcome.inferred, graphs.inferred)))
     return results
 
 
@@ -122,8 +137,18 @@ def _reason_job(job: tuple[list[Item], str]) -> list[tuple[int, str | None, Any]
     return reason_batch(job[0], job[1], _kb)
 
 
-def serialized_quads(quads: list[ox.Quad]) -> bytes:
-    return cast(bytes, ox.serialize(quads, format=ox.RdfFormat.N_QUADS))
+def in_graph(triples: list[ox.Triple], graph: ox.NamedNode) -> bytes:
+    """``triples`` as N-Quads in ``graph``, serialized by Oxigraph as N-Triples with the graph put
+    before each line's final `` .``: no Python object is made per quad. An N-Triples line ends
+    with `` .`` and a newline, and only there: a newline inside a literal is written escaped.
+
+    >>> g, s, p = (ox.NamedNode(f"https://example.org/{name}") for name in "gsp")
+    >>> t = ox.Triple(s, p, ox.Literal("a .\\n"))
+    >>> [q.graph_name == g and q.triple == t for q in ox.parse(in_graph([t], g), format=ox.RdfFormat.N_QUADS)]
+    [True]
+    """
+    lines = cast(bytes, ox.serialize(triples, format=ox.RdfFormat.N_TRIPLES))
+    return lines.replace(b" .\n", b" " + str(graph).encode() + b" .\n")
 
 
 # -- main side -------------------------------------------------------------------------------
@@ -196,6 +221,7 @@ def load(settings: Settings, path: Path, site: str = DEFAULT_SITE, batch_size: i
             take(results)
     stores.close()  # flushes
     summary.seconds = time.perf_counter() - started
+    summary.peak_rss_mb = peak_rss_mb()
     if bar:
         bar.show(summary, final=True)
     return summary
