@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pathway", help="answer one case, or a JSON array of cases, from a file ('-' for stdin)")
     p.add_argument("file", help="a JSON file holding a case object or an array of cases")
-    p.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or reasonable)")
+    p.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or compiled)")
     p.set_defaults(run=cmd_pathway)
 
     s = sub.add_parser("serve", help="start the service (gunicorn) on the embedded store")
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=Path, help="where the stores live (default: ESI_DATA_DIR or ./data)")
     s.add_argument("--workers", type=int, help="API processes (default: ESI_WORKERS or 1; more than 1 needs "
                                                  "ESI_STORE=sparql)")
-    s.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or reasonable)")
+    s.add_argument("--engine", choices=ENGINES, help="OWL 2 RL engine (default: ESI_ENGINE or compiled)")
     s.set_defaults(run=cmd_serve)
 
     ld = sub.add_parser("load", help="validate, reason and store many cases (JSON lines, JSON array, folder)")

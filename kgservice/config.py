@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-ENGINES = ("reasonable", "owlrl")
+ENGINES = ("compiled", "reasonable", "owlrl")
 SHACL_ENGINES = ("builtin", "pyshacl")
 STORES = ("oxigraph", "sparql")
 
@@ -32,7 +32,7 @@ class Settings:
     ontology_path: Path = field(default_factory=lambda: _resource_dir("ontology") / "esi.ttl")
     shapes_dir: Path = field(default_factory=lambda: _resource_dir("shapes"))
     queries_dir: Path = field(default_factory=lambda: _resource_dir("queries"))
-    engine: str = "reasonable"
+    engine: str = "compiled"
     shacl_engine: str = "builtin"
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"

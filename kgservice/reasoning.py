@@ -6,14 +6,16 @@ The pipeline is stratified, as the ontology's rules declare (``esi:stratum``):
    dates and closed-world absences, which OWL cannot express);
 2. an OWL 2 RL engine closes the ontology's axioms plus the case;
 3. stratum-2 SPARQL rules run on that closure (absences of inferred facts), and the
-   closure is brought up to date: closed again for the cases whose new facts could
-   complete an OWL rule, extended by the new facts alone for the others.
+   closure is brought up to date with their conclusions.
 
 Then every conclusion gets a derivation (see :mod:`kgservice.core.explain`). The result per
 case is its *inferred graph*: observations, conclusions, inferred types and derivations.
 
-Two OWL 2 RL engines sit behind one interface: ``reasonable`` (Rust, fast) and ``owlrl``
-(the pure-Python reference).
+Three OWL 2 RL engines sit behind one interface: ``compiled`` (the default: the ontology's
+closure, computed once by ``reasonable``, compiled into the instance rules of
+:mod:`kgservice.core.caseowl`, which then close each case alone and grow with each stratum),
+``reasonable`` (Rust) and ``owlrl`` (the pure-Python reference), which close the ontology's
+axioms with the cases every time.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from typing import Protocol
 
 import owlrl
 import pyoxigraph as ox
-from rdflib import OWL, RDF, RDFS, BNode, Graph, Literal, URIRef
-from rdflib.collection import Collection
+from rdflib import OWL, RDF, BNode, Graph, Literal, URIRef
 from rdflib.term import Node
 
-from .core.explain import Facts, derivations, satisfied
-from .core.ontology import CASE_BASE, ESI, AllOf, AnyOf, Expr, HasValue, Ontology, SomeValues
+from .core.caseowl import CaseClosure, CompiledRules, Unsupported
+from .core.explain import Facts, derivations
+from .core.ontology import CASE_BASE, ESI, Ontology
 from .core.terms import Triple, constructed, serialized, triple_to_ox, triples_from_ox, triples_to_ox
 from .files import write_atomically
 
@@ -85,6 +87,9 @@ class OwlrlSession:
 ENGINES: dict[str, Callable[[TBoxFile, Sequence[Triple]], Session]] = {
     "reasonable": ReasonableSession, "owlrl": OwlrlSession,
 }
+#: The engine name of :mod:`kgservice.core.caseowl`'s rules, compiled from ``reasonable``'s closure.
+COMPILED = "compiled"
+DEFAULT_ENGINE = COMPILED
 
 
 class TBoxFile:
@@ -124,22 +129,26 @@ class CaseInput:
 class Reasoner:
     """Infers conclusions for cases. Build once per ontology version; thread-safe.
 
-    ``reference=True`` reasons the plain way: each case with the whole TBox, and an OWL pass
-    after every stratum. The tests check that the shortcuts (a case TBox without the
-    ontology's declarations, stratum-2 passes skipped when they cannot add anything) infer
-    exactly what it infers.
+    ``engine`` is ``compiled`` (the default: the ontology's closure computed once by
+    ``reasonable``, then :mod:`kgservice.core.caseowl` per case), ``reasonable`` or ``owlrl``
+    (the ontology and the cases closed together by that engine). ``reference=True`` reasons
+    the plain way: the real engine, each case with the whole TBox. The tests check that the
+    shortcuts (compiled rules, a case TBox without the ontology's declarations) infer exactly
+    what it infers.
     """
 
-    def __init__(self, ontology: Ontology, engine: str = "reasonable", cache_dir: Path | None = None,
+    def __init__(self, ontology: Ontology, engine: str = DEFAULT_ENGINE, cache_dir: Path | None = None,
                  reference: bool = False) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if engine not in (COMPILED, *ENGINES):
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join((COMPILED, *ENGINES))}")
         self.ontology = ontology
         self.engine = engine
+        #: the engine that closes the ontology (and the cases the compiled rules cannot follow)
+        self.closing_engine = "reasonable" if engine == COMPILED else engine
         self._tbox = TBoxFile(ontology.tbox, ontology.digest)
         self._case_tbox = self._tbox if reference else TBoxFile(ontology.case_tbox, ontology.digest, "case-tbox")
         self.reference = reference
-        self._session = ENGINES[engine]
+        self._session = ENGINES[self.closing_engine]
         tbox_closure = self._closed_tbox(cache_dir)
         self.tbox_closure = tuple(t for t in tbox_closure if _keep(t))
         # What SPARQL rules see besides the case: the ontology's individuals with their
@@ -157,7 +166,10 @@ class Reasoner:
         self._rule_runs = 0
         self._rule_store = self._new_rule_store()
         self._individual_types = Facts(t for t in support if t[1] == RDF.type)
-        self._guard = _rule_guard(ontology)
+        #: the instance rules compiled from the closure; None when the real engine reasons every case
+        # (from the axioms as written too: an engine may leave out of its closure what it does not read)
+        self.compiled = (CompiledRules.compile([*ontology.tbox, *tbox_closure]) if engine == COMPILED and not reference
+                         else None)
         self._rules = {
             stratum: [rule for rule in ontology.sparql_rules if rule.stratum == stratum] for stratum in ontology.strata
         }
@@ -165,7 +177,7 @@ class Reasoner:
     def _closed_tbox(self, cache_dir: Path | None) -> list[Triple]:
         """The OWL 2 RL closure of the ontology alone, computed once per ontology version and
         engine, and kept in ``cache_dir`` (N-Triples, written whole or not at all)."""
-        cache = cache_dir / f"tbox-closure-{self.ontology.digest[:16]}-{self.engine}.nt" if cache_dir else None
+        cache = cache_dir / f"tbox-closure-{self.ontology.digest[:16]}-{self.closing_engine}.nt" if cache_dir else None
         if cache is not None and cache.exists():
             return triples_from_ox(ox.parse(path=str(cache), format=ox.RdfFormat.N_TRIPLES))
         # owlrl also derives generalised triples (a literal as subject); RDF has no place for them.
@@ -186,32 +198,30 @@ class Reasoner:
         given: dict[URIRef, list[Triple]] = {c.iri: [*c.asserted, *c.observations] for c in cases}
         shared: list[Triple] = []
         _add_by_owner(self._run_rules(strata[0], cases, given), iris, given, shared)
-        session = self._session(self._case_tbox, [*shared, *(t for ts in given.values() for t in ts)])
-        owned = _by_owner(session.close(), iris)
+        closed = (CompiledClosures(self, given, shared) if self.compiled is not None
+                  else EngineClosures(self, given, shared))
         for stratum in strata[1:]:
             more: dict[URIRef, list[Triple]] = {}
             unowned: list[Triple] = []
-            _add_by_owner(self._run_rules(stratum, cases, owned), iris, more, unowned)
-            # A case whose new facts may complete an OWL rule is closed again, in a session of
-            # its own: one such case no longer costs its whole batch a second pass.
-            again = {iri for iri, new in more.items() if unowned or self.reference
-                     or self._may_complete_a_rule(new, {iri: owned.get(iri, [])}, {iri})}
-            for iri, new in more.items():
-                given[iri].extend(new)
-                if iri not in again:  # the closure cannot grow but by these facts themselves
-                    owned.setdefault(iri, []).extend(new)
-            shared.extend(unowned)
-            if again:
-                rerun = self._session(self._case_tbox, [*shared, *(t for iri in again for t in given[iri])])
-                owned.update(_by_owner(rerun.close(), again))
+            _add_by_owner(self._run_rules(stratum, cases, closed.owned), iris, more, unowned)
+            closed.extend(more, unowned)
         out: dict[URIRef, set[Triple]] = {}
         for case in cases:
             asserted = set(case.asserted)
-            inferred = {t for t in owned.get(case.iri, ()) if t not in asserted and _keep(t)}
+            inferred = {t for t in closed.owned.get(case.iri, ()) if t not in asserted and _keep(t)}
             known = Facts(asserted, inferred, base=self._individual_types)
             inferred.update(derivations(self.ontology, case.iri, known))
             out[case.iri] = inferred
         return out
+
+    @property
+    def case_tbox_file(self) -> Path:
+        """The Turtle file of the axioms the real engine reads for each case."""
+        return self._case_tbox.path()
+
+    def close(self, triples: Sequence[Triple]) -> Iterable[Triple]:
+        """The real engine's closure of the case TBox plus ``triples``."""
+        return self._session(self._case_tbox, triples).close()
 
     @property
     def rule_store(self) -> ox.Store:
@@ -233,30 +243,6 @@ class Reasoner:
             if self._rule_runs > RULE_STORE_RUNS:
                 self._rule_store, self._rule_runs = self._new_rule_store(), cases
             return self._rule_store
-
-    def _may_complete_a_rule(self, new: list[Triple], owned: dict[URIRef, list[Triple]], iris: set[URIRef]) -> bool:
-        """Whether OWL reasoning could derive anything from ``new`` beyond ``new`` itself.
-
-        Sound, and cheap next to a second OWL pass: a new fact ``(s p o)`` can only lead
-        somewhere through an axiom about ``p`` (then: yes, unless it is a domain or range whose
-        type ``s`` or ``o`` already has) or through a class expression that mentions ``p``
-        (then: yes if that expression now holds for ``s``). Ontologies using constructs the
-        check cannot read always get the second pass.
-        """
-        if self._guard is None:
-            return True
-        property_axioms, domains, ranges, mentioning = self._guard
-        facts = Facts([t for ts in owned.values() for t in ts], new, base=self._individual_types)
-        for s, p, o in new:
-            if p in property_axioms:
-                return True
-            if any((s, RDF.type, d) not in facts for d in domains.get(p, ())):
-                return True
-            if any((o, RDF.type, r) not in facts for r in ranges.get(p, ())):
-                return True
-            if any(satisfied(self.ontology, expr, s, facts) for expr in mentioning.get(p, ())):
-                return True
-        return False
 
     def _run_rules(self, stratum: int, cases: Sequence[CaseInput], facts: dict[URIRef, list[Triple]]
                    ) -> list[Triple]:
@@ -294,6 +280,70 @@ class Reasoner:
                 store.remove_graph(graph)
 
 
+class EngineClosures:
+    """Cases closed by the real engine together; a stratum's new facts close their cases again."""
+
+    def __init__(self, reasoner: Reasoner, given: dict[URIRef, list[Triple]], shared: list[Triple]) -> None:
+        self._reasoner, self._shared = reasoner, list(shared)
+        self._given: dict[URIRef, list[Triple]] = {}
+        self.owned: dict[URIRef, list[Triple]] = {}
+        self.add(given)
+
+    def add(self, given: dict[URIRef, list[Triple]]) -> None:
+        """Close more cases (each with every fact it has so far)."""
+        self._given.update((iri, list(facts)) for iri, facts in given.items())
+        if given:
+            facts = [*self._shared, *(t for iri in given for t in self._given[iri])]
+            self.owned.update(_by_owner(self._reasoner.close(facts), set(given)))
+
+    def extend(self, more: dict[URIRef, list[Triple]], unowned: list[Triple]) -> None:
+        self._shared.extend(unowned)
+        self.add({iri: [*self._given[iri], *new] for iri, new in more.items()})
+
+
+class CompiledClosures:
+    """Each case closed on its own by the compiled rules; a stratum's new facts extend its
+    fixpoint. A case they cannot follow (an equality, an inconsistency) goes to the real engine."""
+
+    def __init__(self, reasoner: Reasoner, given: dict[URIRef, list[Triple]], shared: list[Triple]) -> None:
+        assert reasoner.compiled is not None
+        self._reasoner, self._shared = reasoner, list(shared)
+        self._given = {iri: list(facts) for iri, facts in given.items()}
+        self._closures: dict[URIRef, CaseClosure] = {}
+        self._fallback: EngineClosures | None = None
+        for iri, facts in self._given.items():
+            self._closures[iri] = CaseClosure(reasoner.compiled)
+            self._follow(iri, [*self._shared, *facts])
+
+    @property
+    def owned(self) -> dict[URIRef, list[Triple]]:
+        owned = {iri: _by_owner(c.derived, {iri}).get(iri, []) for iri, c in self._closures.items()}
+        if self._fallback is not None:
+            owned.update((iri, self._fallback.owned[iri]) for iri in self._given if iri not in self._closures)
+        return owned
+
+    def _follow(self, iri: URIRef, facts: list[Triple]) -> None:
+        """Extend a case's fixpoint, or hand the case to the real engine if the rules cannot follow."""
+        try:
+            self._closures[iri].add(facts)
+        except Unsupported:
+            del self._closures[iri]
+            if self._fallback is None:
+                self._fallback = EngineClosures(self._reasoner, {}, self._shared)
+            self._fallback.add({iri: self._given[iri]})
+
+    def extend(self, more: dict[URIRef, list[Triple]], unowned: list[Triple]) -> None:
+        self._shared.extend(unowned)
+        fallen = {iri: new for iri, new in more.items() if iri not in self._closures}
+        if self._fallback is not None:
+            self._fallback.extend(fallen, unowned)
+        for iri in list(self._closures if unowned else more.keys() - fallen.keys()):
+            self._given[iri].extend(more.get(iri, ()))
+            self._follow(iri, [*unowned, *more.get(iri, ())])
+        for iri, new in fallen.items():
+            self._given[iri].extend(new)
+
+
 def _record_rule(rule: URIRef, case: URIRef, triples: list[Triple]) -> list[Triple]:
     """A SPARQL rule states what it concludes (``?why esi:concludes X``); record which rule it was."""
     out: list[Triple] = []
@@ -301,54 +351,6 @@ def _record_rule(rule: URIRef, case: URIRef, triples: list[Triple]) -> list[Trip
         if p == ESI.concludes and _owner(s, {str(case): case}) is not None:
             out += [(case, ESI.hasDerivation, s), (s, RDF.type, ESI.Derivation), (s, ESI.byRule, rule)]
     return out
-
-
-_PROPERTY_AXIOMS = (RDFS.subPropertyOf, OWL.inverseOf, OWL.propertyChainAxiom, OWL.equivalentProperty,
-                    OWL.propertyDisjointWith)
-_PROPERTY_TYPES = (OWL.TransitiveProperty, OWL.SymmetricProperty, OWL.FunctionalProperty,
-                   OWL.InverseFunctionalProperty, OWL.AsymmetricProperty, OWL.IrreflexiveProperty)
-
-
-def _rule_guard(ontology: Ontology) -> tuple[set[Node], dict[Node, list[Node]], dict[Node, list[Node]],
-                                                  dict[Node, list[Expr]]] | None:
-    """What :meth:`Reasoner._may_complete_a_rule` needs, or None when the ontology uses a
-    construct it cannot read (then every stratum gets its OWL pass)."""
-    g = ontology.graph
-    if (None, OWL.equivalentClass, None) in g or any(
-            isinstance(c, URIRef) for p in (OWL.intersectionOf, OWL.unionOf) for c in g.subjects(p, None)):
-        return None
-    property_axioms: set[Node] = set()
-    for p in _PROPERTY_AXIOMS:
-        for a, b in g.subject_objects(p):
-            property_axioms.update((a, b))
-    for chain_list in g.objects(None, OWL.propertyChainAxiom):
-        property_axioms.update(Collection(g, chain_list))
-    for t in _PROPERTY_TYPES:
-        property_axioms.update(g.subjects(RDF.type, t))
-    domains: dict[Node, list[Node]] = {}
-    ranges: dict[Node, list[Node]] = {}
-    for prop, domain in g.subject_objects(RDFS.domain):
-        domains.setdefault(prop, []).append(domain)
-    for prop, range_ in g.subject_objects(RDFS.range):
-        ranges.setdefault(prop, []).append(range_)
-    mentioning: dict[Node, list[Expr]] = {}
-    for sub, _sup in g.subject_objects(RDFS.subClassOf):
-        if isinstance(sub, URIRef):
-            continue  # a named class's membership is already in the closure
-        expr = ontology.parse_expression(sub)
-        if expr is None:
-            return None
-        for prop in _properties_in(expr):
-            mentioning.setdefault(prop, []).append(expr)
-    return property_axioms, domains, ranges, mentioning
-
-
-def _properties_in(expr: Expr) -> set[Node]:
-    if isinstance(expr, HasValue | SomeValues):
-        return {expr.prop}
-    if isinstance(expr, AllOf | AnyOf):
-        return set().union(*(_properties_in(part) for part in expr.parts))
-    return set()
 
 
 def _add_by_owner(triples: Iterable[Triple], cases: set[URIRef], into: dict[URIRef, list[Triple]],

@@ -69,7 +69,13 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def kb(settings: Settings) -> KnowledgeBase:
-    """The knowledge base with the fast OWL 2 RL engine (``reasonable``)."""
+    """The knowledge base with the default OWL 2 RL engine (``compiled``)."""
+    return KnowledgeBase.from_settings(settings)
+
+
+@pytest.fixture(scope="session")
+def kb_reasonable(settings: Settings) -> KnowledgeBase:
+    """The knowledge base whose every case is closed by ``reasonable`` with the ontology."""
     return KnowledgeBase.from_settings(settings.with_(engine="reasonable"))
 
 

@@ -20,7 +20,7 @@ from rdflib import Graph, Literal, URIRef
 
 from ..config import Settings
 from ..errors import ESIError, InvalidCase, MalformedInput, Problem, UnsupportedMediaType, Violation
-from ..reasoning import CaseInput, Reasoner
+from ..reasoning import DEFAULT_ENGINE, CaseInput, Reasoner
 from . import cases, fhir, rdfcases
 from .cases import CaseGraph
 from .codes import CodeMap
@@ -100,7 +100,7 @@ class Reasoned:
 
 
 class KnowledgeBase:
-    def __init__(self, ontology: Ontology, case_shapes: Graph, engine: str = "reasonable",
+    def __init__(self, ontology: Ontology, case_shapes: Graph, engine: str = DEFAULT_ENGINE,
                  max_case_triples: int = 2_000, cache_dir: Path | None = None,
                  shacl_engine: str = "builtin", max_batch: int = 1_000, max_case_list_items: int = 50) -> None:
         self.ontology = ontology
