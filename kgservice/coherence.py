@@ -64,12 +64,13 @@ def clashes(types: set[Node], pairs: set[frozenset[Node]], ontology: Ontology) -
 
 def unsatisfiable_classes(ontology: Ontology, engine: str) -> Iterator[Incoherence]:
     """Each named class that no individual can belong to, and each inconsistent named individual."""
-    from .reasoning import ENGINES, TBoxFile
+    from .reasoning import ENGINES, TBoxFile, closing_engine
 
     classes = sorted(c for c in ontology.graph.subjects(RDF.type, OWL.Class)
                      if isinstance(c, URIRef) and c.startswith(str(ESI)))
     probes = [(URIRef(PROBE + str(i)), RDF.type, c) for i, c in enumerate(classes)]
-    closure = list(ENGINES[engine](TBoxFile(ontology.tbox, ontology.digest, "coherence"), probes).close())
+    session = ENGINES[closing_engine(engine)]
+    closure = list(session(TBoxFile(ontology.tbox, ontology.digest, "coherence"), probes).close())
     types: dict[Node, set[Node]] = {}
     for s, p, o in closure:
         if p == RDF.type:

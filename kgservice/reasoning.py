@@ -92,6 +92,11 @@ COMPILED = "compiled"
 DEFAULT_ENGINE = COMPILED
 
 
+def closing_engine(engine: str) -> str:
+    """The real engine that closes the ontology for ``engine`` (the compiled rules' is ``reasonable``)."""
+    return "reasonable" if engine == COMPILED else engine
+
+
 class TBoxFile:
     """The ontology's logical axioms, kept as a Turtle file for engines that read files."""
 
@@ -144,7 +149,7 @@ class Reasoner:
         self.ontology = ontology
         self.engine = engine
         #: the engine that closes the ontology (and the cases the compiled rules cannot follow)
-        self.closing_engine = "reasonable" if engine == COMPILED else engine
+        self.closing_engine = closing_engine(engine)
         self._tbox = TBoxFile(ontology.tbox, ontology.digest)
         self._case_tbox = self._tbox if reference else TBoxFile(ontology.case_tbox, ontology.digest, "case-tbox")
         self.reference = reference
