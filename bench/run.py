@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cds_hooks  # noqa: E402
+import growth  # noqa: E402
 import http_api  # noqa: E402
 import ingest  # noqa: E402
 import pipeline  # noqa: E402
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "ingest": ingest.run,  # 4. bulk ingest (its store is reused below)
     "store_size": store_size.run,  # 3. flat with store size
     "sparql": sparql.run,  # 5. SPARQL
+    "growth": growth.run,  # 5. growth: named queries and GET /cases at two store sizes
     "startup": startup.run,  # 6. memory and start-up
     "cds": cds_hooks.run,  # CDS Hooks call beside POST /pathway
 }
