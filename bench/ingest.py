@@ -334,7 +334,7 @@ def _bulk_load_baseline(data_dir: Path, work: Path) -> dict[str, Any]:
 def run(quick: bool) -> str:
     n = 2_000 if quick else 100_000
     n_bad = max(5, n // 1000)
-    n_base = 5 if quick else 60
+    n_base = 5 if quick else 20
     work = Path(tempfile.mkdtemp(prefix="esi-ingest-", dir=root()))
     source = work / "input.jsonl"
     _input_with_invalid(n, n_bad, source)
