@@ -45,6 +45,7 @@ RULE_STORE_RUNS = 500
 #: Where the rule store keeps the ontology facts every rule run sees; each run adds a graph.
 RULE_SUPPORT_GRAPH = ox.NamedNode("urn:esi-kg:rule-support")
 _DROP_TYPES = {OWL.Thing, OWL.NamedIndividual}
+_TYPE, _SAME_AS, _CONCLUDES = RDF.type, OWL.sameAs, ESI.concludes  # rdflib builds a term per attribute access
 
 
 # -- OWL 2 RL engines ------------------------------------------------------------------------
@@ -202,18 +203,23 @@ class Reasoner:
         # What the OWL engine is given per case (and, rarely, about no case in particular).
         given: dict[URIRef, list[Triple]] = {c.iri: [*c.asserted, *c.observations] for c in cases}
         shared: list[Triple] = []
-        _add_by_owner(self._run_rules(strata[0], cases, given), iris, given, shared)
-        closed = (CompiledClosures(self, given, shared) if self.compiled is not None
-                  else EngineClosures(self, given, shared))
-        for stratum in strata[1:]:
-            more: dict[URIRef, list[Triple]] = {}
-            unowned: list[Triple] = []
-            _add_by_owner(self._run_rules(stratum, cases, closed.owned), iris, more, unowned)
-            closed.extend(more, unowned)
+        graphs = RuleGraphs(self, cases)
+        try:
+            _add_by_owner(self._run_rules(strata[0], cases, graphs, given), iris, given, shared)
+            closed = (CompiledClosures(self, given, shared) if self.compiled is not None
+                      else EngineClosures(self, given, shared))
+            for stratum in strata[1:]:
+                more: dict[URIRef, list[Triple]] = {}
+                unowned: list[Triple] = []
+                _add_by_owner(self._run_rules(stratum, cases, graphs, closed.owned), iris, more, unowned)
+                closed.extend(more, unowned)
+        finally:
+            graphs.close()
         out: dict[URIRef, set[Triple]] = {}
+        owned = closed.owned
         for case in cases:
             asserted = set(case.asserted)
-            inferred = {t for t in closed.owned.get(case.iri, ()) if t not in asserted and _keep(t)}
+            inferred = {t for t in owned.get(case.iri, ()) if t not in asserted and _keep(t)}
             known = Facts(asserted, inferred, base=self._individual_types)
             inferred.update(derivations(self.ontology, case.iri, known))
             out[case.iri] = inferred
@@ -249,9 +255,10 @@ class Reasoner:
                 self._rule_store, self._rule_runs = self._new_rule_store(), cases
             return self._rule_store
 
-    def _run_rules(self, stratum: int, cases: Sequence[CaseInput], facts: dict[URIRef, list[Triple]]
-                   ) -> list[Triple]:
-        """Run one stratum's SPARQL rules, in order, on each case (``$this`` pre-bound).
+    def _run_rules(self, stratum: int, cases: Sequence[CaseInput], graphs: RuleGraphs,
+                   facts: dict[URIRef, list[Triple]]) -> list[Triple]:
+        """Run one stratum's SPARQL rules, in order, on each case (``$this`` pre-bound), after
+        adding to each case's graph those of ``facts`` it lacks.
 
         Each case's facts are a graph of their own, and a rule run on a case sees only that
         graph and the ontology's support: a rule's OPTIONAL or NOT EXISTS part is evaluated
@@ -262,27 +269,46 @@ class Reasoner:
         rules = self._rules.get(stratum, [])
         if not rules:
             return []
-        store = self._rule_store_for(len(cases))
-        graphs = {case.iri: ox.BlankNode() for case in cases}
-        for iri, graph in graphs.items():
-            store.extend(triples_to_ox(facts.get(iri, ()), graph))
-        try:
-            produced: list[Triple] = []
-            for rule in rules:
-                for iri, graph in graphs.items():
-                    new = list(constructed(store.query(
-                        rule.query, default_graph=[RULE_SUPPORT_GRAPH, graph], named_graphs=[],
-                        substitutions={ox.Variable("this"): ox.NamedNode(str(iri))})))
-                    if not new:
-                        continue
-                    store.extend(ox.Quad(t.subject, t.predicate, t.object, graph) for t in new)
-                    triples = triples_from_ox(new)
-                    produced.extend(triples)
-                    produced.extend(_record_rule(rule.term.iri, iri, triples))
-            return produced
-        finally:
-            for graph in graphs.values():
-                store.remove_graph(graph)
+        graphs.add(facts)
+        produced: list[Triple] = []
+        for rule in rules:
+            for case in cases:
+                graph = graphs.graph[case.iri]
+                new = list(constructed(graphs.store.query(
+                    rule.query, default_graph=[RULE_SUPPORT_GRAPH, graph], named_graphs=[],
+                    substitutions={ox.Variable("this"): ox.NamedNode(str(case.iri))})))
+                if not new:
+                    continue
+                triples = triples_from_ox(new)
+                graphs.add_ox(case.iri, new, triples)
+                produced.extend(triples)
+                produced.extend(_record_rule(rule.term.iri, case.iri, triples))
+        return produced
+
+
+class RuleGraphs:
+    """Each case's graph in the rule store while its strata run: what it holds is never added twice."""
+
+    def __init__(self, reasoner: Reasoner, cases: Sequence[CaseInput]) -> None:
+        self.store = reasoner._rule_store_for(len(cases))
+        self.graph = {case.iri: ox.BlankNode() for case in cases}
+        self._held: dict[URIRef, set[Triple]] = {case.iri: set() for case in cases}
+
+    def add(self, facts: dict[URIRef, list[Triple]]) -> None:
+        for iri, graph in self.graph.items():
+            held = self._held[iri]
+            new = [t for t in dict.fromkeys(facts.get(iri, ())) if t not in held]
+            held.update(new)
+            self.store.extend(triples_to_ox(new, graph))
+
+    def add_ox(self, iri: URIRef, new: list[ox.Triple], triples: list[Triple]) -> None:
+        graph = self.graph[iri]
+        self.store.extend(ox.Quad(t.subject, t.predicate, t.object, graph) for t in new)
+        self._held[iri].update(triples)
+
+    def close(self) -> None:
+        for graph in self.graph.values():
+            self.store.remove_graph(graph)
 
 
 class EngineClosures:
@@ -353,7 +379,7 @@ def _record_rule(rule: URIRef, case: URIRef, triples: list[Triple]) -> list[Trip
     """A SPARQL rule states what it concludes (``?why esi:concludes X``); record which rule it was."""
     out: list[Triple] = []
     for s, p, _ in triples:
-        if p == ESI.concludes and _owner(s, {str(case): case}) is not None:
+        if p == _CONCLUDES and _owner(s, {str(case): case}) is not None:
             out += [(case, ESI.hasDerivation, s), (s, RDF.type, ESI.Derivation), (s, ESI.byRule, rule)]
     return out
 
@@ -391,6 +417,6 @@ def _owner(node: Node, cases: dict[str, URIRef]) -> URIRef | None:
 
 def _keep(t: Triple) -> bool:
     s, p, o = t
-    if p == OWL.sameAs:
+    if p == _SAME_AS:
         return False
-    return not (p == RDF.type and (isinstance(o, BNode) or o in _DROP_TYPES))
+    return not (p == _TYPE and (isinstance(o, BNode) or o in _DROP_TYPES))

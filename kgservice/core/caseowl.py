@@ -26,7 +26,8 @@ from rdflib.term import Node
 
 from .terms import Triple
 
-TYPE = RDF.type
+# rdflib makes a new term at every attribute access of a namespace: the hot paths use these
+TYPE, THING, NOTHING, SAME_AS, NAMED = RDF.type, OWL.Thing, OWL.Nothing, OWL.sameAs, OWL.NamedIndividual
 #: Predicates of the closure the compiler reads (or knows carry nothing for instance data).
 _READ = {RDFS.subClassOf, OWL.equivalentClass, RDFS.domain, RDFS.range, RDFS.subPropertyOf,
          OWL.equivalentProperty, OWL.inverseOf, OWL.propertyChainAxiom, OWL.onProperty, OWL.hasValue,
@@ -73,6 +74,8 @@ class CompiledRules:
     all_by_prop: dict[Node, list[tuple[Node, Node]]] = field(default_factory=dict)  # p → [(R, C)]
     intersections: dict[Node, list[tuple[Node, tuple[Node, ...]]]] = field(default_factory=dict)
     disjoint: dict[Node, set[Node]] = field(default_factory=dict)
+    #: the predicates some rule reads; a fact with another one (but rdf:type) concludes nothing
+    active: set[Node] = field(default_factory=set)
     # the closure's facts about individuals, which a case's facts join with
     types: dict[Node, set[Node]] = field(default_factory=dict)
     objects: dict[tuple[Node, Node], set[Node]] = field(default_factory=dict)
@@ -90,7 +93,7 @@ class CompiledRules:
         """Whether a case fact would be schema (an axiom, a list, an equality): not instance data."""
         s, p, o = triple
         if p == TYPE:
-            return _vocabulary(o) and o not in (OWL.Thing, OWL.NamedIndividual)
+            return _vocabulary(o) and o != THING and o != NAMED
         return _vocabulary(p)
 
 
@@ -156,6 +159,9 @@ class _Compiler:
             elif p in (OWL.members, OWL.distinctMembers) and (s, TYPE) in self.by_sp:
                 if OWL.AllDifferent not in self.by_sp[(s, TYPE)]:
                     raise Unsupported(f"the compiled rules do not read {self.by_sp[(s, TYPE)]}")
+        r.active = {SAME_AS, *r.domains, *r.ranges, *r.superprops, *r.inverses, *r.symmetric, *r.transitive,
+                    *r.functional, *r.inverse_functional, *r.chains, *(p for p, _ in r.by_value),
+                    *r.some_by_prop, *r.all_by_prop}
         r.supers = _transitive(r.supers)
         r.superprops = _transitive(r.superprops)
         if OWL.Thing in r.supers or any(OWL.Thing in ms for _, ms in r.intersections.get(OWL.Thing, ())):
@@ -252,13 +258,17 @@ class CaseClosure:
         for t in todo:
             if r.refuses(t):
                 raise Unsupported(f"{t} is not instance data")
+        active = r.active
         while todo:
             s, p, o = t = todo.pop()
-            if not self._put(t):
-                continue
             if p == TYPE:
-                self._on_type(s, o, todo)
-            else:
+                if self._put(t):
+                    self._on_type(s, o, todo)
+            elif p not in active:  # never looked up by a rule: kept, not indexed
+                if o not in self._objects.setdefault((s, p), set()):
+                    self._objects[(s, p)].add(o)
+                    self.derived.append(t)
+            elif self._put(t):
                 self._on_fact(s, p, o, todo)
 
     def has_type(self, node: Node, cls: Node) -> bool:
@@ -286,7 +296,7 @@ class CaseClosure:
 
     def _on_type(self, x: Node, c: Node, todo: list[Triple]) -> None:
         r = self.rules
-        if c == OWL.Nothing or any(self.has_type(x, d) for d in r.disjoint.get(c, ())):
+        if c == NOTHING or any(self.has_type(x, d) for d in r.disjoint.get(c, ())):
             raise Unsupported(f"{x} is inconsistent")  # cls-nothing2, cax-dw, cls-com
         todo.extend((x, TYPE, d) for d in r.supers.get(c, ()))  # cax-sco, cax-eqc, cls-int2, cls-uni
         for whole, members in r.intersections.get(c, ()):  # cls-int1
@@ -301,7 +311,7 @@ class CaseClosure:
 
     def _on_fact(self, s: Node, p: Node, o: Node, todo: list[Triple]) -> None:
         r = self.rules
-        if p == OWL.sameAs:
+        if p == SAME_AS:
             if s != o:
                 raise Unsupported("an equality")
             return
@@ -328,7 +338,7 @@ class CaseClosure:
         for restriction in r.by_value.get((p, o), ()):  # cls-hv2
             todo.append((s, TYPE, restriction))
         for restriction, c in r.some_by_prop.get(p, ()):  # cls-svf1, cls-svf2
-            if c == OWL.Thing or self.has_type(o, c):
+            if c == THING or self.has_type(o, c):
                 todo.append((s, TYPE, restriction))
         for restriction, c in r.all_by_prop.get(p, ()):  # cls-avf
             if self.has_type(s, restriction):
