@@ -295,10 +295,16 @@ class CaseClosure:
         return True
 
     def _on_type(self, x: Node, c: Node, todo: list[Triple]) -> None:
+        self._type_rules(x, c, todo)
+        # cax-sco, cax-eqc, cls-int2, cls-uni: the superclasses are closed, so theirs are among them
+        for d in self.rules.supers.get(c, ()):
+            if self._put((x, TYPE, d)):
+                self._type_rules(x, d, todo)
+
+    def _type_rules(self, x: Node, c: Node, todo: list[Triple]) -> None:
         r = self.rules
         if c == NOTHING or any(self.has_type(x, d) for d in r.disjoint.get(c, ())):
             raise Unsupported(f"{x} is inconsistent")  # cls-nothing2, cax-dw, cls-com
-        todo.extend((x, TYPE, d) for d in r.supers.get(c, ()))  # cax-sco, cax-eqc, cls-int2, cls-uni
         for whole, members in r.intersections.get(c, ()):  # cls-int1
             if all(self.has_type(x, m) for m in members):
                 todo.append((x, TYPE, whole))
@@ -319,8 +325,9 @@ class CaseClosure:
             raise Unsupported(f"{s} has two values of functional {p}")
         if p in r.inverse_functional and len(self.subjects(p, o)) > 1:  # prp-ifp
             raise Unsupported(f"{o} is the value of inverse-functional {p} for two subjects")
-        todo.extend((s, TYPE, c) for c in r.domains.get(p, ()))  # prp-dom
-        todo.extend((o, TYPE, c) for c in r.ranges.get(p, ()))  # prp-rng
+        # prp-dom, prp-rng (most facts repeat a type their node has: not queued again)
+        todo.extend((s, TYPE, c) for c in r.domains.get(p, ()) if not self.has_type(s, c))
+        todo.extend((o, TYPE, c) for c in r.ranges.get(p, ()) if not self.has_type(o, c))
         todo.extend((s, q, o) for q in r.superprops.get(p, ()))  # prp-spo1, prp-eqp
         todo.extend((o, q, s) for q in r.inverses.get(p, ()))  # prp-inv
         if p in r.symmetric:  # prp-symp
