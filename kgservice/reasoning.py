@@ -342,13 +342,20 @@ class CompiledClosures:
         self._given = {iri: list(facts) for iri, facts in given.items()}
         self._closures: dict[URIRef, CaseClosure] = {}
         self._fallback: EngineClosures | None = None
+        self._owned: dict[URIRef, tuple[list[Triple], list[int]]] = {}  # sorted so far, and up to where
         for iri, facts in self._given.items():
             self._closures[iri] = CaseClosure(reasoner.compiled)
             self._follow(iri, [*self._shared, *facts])
 
     @property
     def owned(self) -> dict[URIRef, list[Triple]]:
-        owned = {iri: _by_owner(c.derived, {iri}).get(iri, []) for iri, c in self._closures.items()}
+        """Each case's facts about its own nodes; the facts derived since the last call are sorted now."""
+        owned = {}
+        for iri, closure in self._closures.items():
+            mine, done = self._owned.setdefault(iri, ([], [0]))
+            _add_by_owner(closure.derived[done[0]:], {iri}, {iri: mine})
+            done[0] = len(closure.derived)
+            owned[iri] = mine
         if self._fallback is not None:
             owned.update((iri, self._fallback.owned[iri]) for iri in self._given if iri not in self._closures)
         return owned
