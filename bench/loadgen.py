@@ -124,8 +124,9 @@ def group_memory_kb(pgid: int) -> dict[str, int]:
     return total
 
 
-def group_cpu_s(pgid: int) -> float:
-    """User + system CPU seconds of the live processes of a process group."""
+def group_cpu_s(pgid: int, sandboxed: bool | None = None) -> float:
+    """User + system CPU seconds of the live processes of a process group; with ``sandboxed``
+    only those inside (True: the reasoning workers) or outside (False) the seccomp sandbox."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for entry in os.listdir("/proc"):
@@ -133,9 +134,10 @@ def group_cpu_s(pgid: int) -> float:
             continue
         try:
             rest = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            inside = sandboxed is not None and "Seccomp:\t2" in Path(f"/proc/{entry}/status").read_text()
         except (OSError, IndexError):
             continue
-        if int(rest[2]) == pgid:
+        if int(rest[2]) == pgid and (sandboxed is None or inside == sandboxed):
             total += int(rest[11]) + int(rest[12])
     return total / tick
 

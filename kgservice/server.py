@@ -12,6 +12,7 @@ development server and debugger are never used.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -43,6 +44,7 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
             "limit_request_fields": 100,
             "preload_app": False,
             "control_socket_disable": True,
+            "worker_exit": _worker_exit,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -83,6 +85,20 @@ class ESIServer(BaseApplication):  # type: ignore[misc]
             raise
         threading.Thread(target=service.load_kb, name="knowledge-base", daemon=True).start()
         return app
+
+
+def _worker_exit(arbiter: Any, worker: Any) -> None:
+    """gunicorn's worker is ending: stop its reasoning workers (each removes its files) and log
+    how they were batched."""
+    app = getattr(worker, "wsgi", None)
+    service = app.extensions.get("esi") if app is not None and hasattr(app, "extensions") else None
+    pool = getattr(service, "pool", None)
+    if pool is not None:
+        stats = pool.stats()
+        logging.getLogger("kgservice").info(
+            "reasoning pool: %d cases in %d batches, by size %s; %d workers replaced", stats["cases"],
+            stats["batches"], json.dumps(stats["batch_sizes"]), stats["restarts"])
+        pool.close()
 
 
 def _log_to_gunicorn() -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from .core.kb import KnowledgeBase
 
 log = logging.getLogger(__name__)
+
+#: While another worker is busy, how long a free one waits for more requests to join its batch.
+LINGER_S = 0.002
 
 
 
@@ -171,6 +175,7 @@ class ReasoningPool:
         self._closed = False
         self.batches: Counter[int] = Counter()  # batch size -> how many batches of that size were sent
         self.restarts = 0
+        self._busy = 0  # feeders with a batch out
         self.version: str | None = None  # the ontology version the workers hold, once they said it
         if not zygote:
             self.wait_ready()
@@ -247,7 +252,14 @@ class ReasoningPool:
                 if self._closed:
                     return
                 cap = max(1, self.settings.reasoning_batch)
+                if self._busy and len(self._waiting) < cap:  # loaded: the others' clients are about to send
+                    deadline = time.monotonic() + LINGER_S
+                    while len(self._waiting) < cap and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)
+                    if not self._waiting:  # another worker took them meanwhile
+                        continue
                 batch = [self._waiting.popleft() for _ in range(min(cap, len(self._waiting)))]
+                self._busy += 1
             try:
                 self._run(slot, batch)
             except BaseException:  # noqa: BLE001 - a feeder never dies with requests left unanswered
@@ -255,6 +267,9 @@ class ReasoningPool:
                 for r in batch:
                     if not r.done.is_set():
                         r.finish(Problem.of(InternalError()))
+            finally:
+                with self._wake:
+                    self._busy -= 1
 
     def _run(self, slot: int, batch: list[_Request]) -> None:
         with self._wake:
