@@ -26,9 +26,9 @@ from .errors import ESIError, MalformedInput, Problem
 from .stores.base import CaseGraphs, open_stores
 from .stores.oxigraph import OxigraphSite
 
-#: The loader flushes less often than the server (about every 2600 cases): each flush makes
-#: a small file for RocksDB to compact, and at 100k cases compaction was a sixth of the CPU.
-#: The write buffers then peak near 150 MB more; the server keeps store.FLUSH_AFTER_QUADS.
+#: The loader flushes less often than the server (about every 2600 cases). Its batches bypass the
+#: write buffers (Oxigraph's bulk loader writes sorted files); what still goes through them (the
+#: ontology graphs, a batch too large for one ingestion) is flushed then, and freed pages returned.
 BULK_FLUSH_AFTER_QUADS = 200_000
 
 Item = tuple[int, Any]  # (position in the input, the case or a read error)
