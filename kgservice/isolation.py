@@ -78,7 +78,7 @@ def remote_problem(failure: tuple[str, dict[str, Any], str], where: str) -> Prob
     return Problem(body)
 
 
-def _enter_sandbox(what: str) -> None:
+def enter_sandbox(what: str) -> None:
     """The kernel's network sandbox for this process, or :class:`NotIsolated` (nothing is run)."""
     try:
         sandbox.enter(what)
@@ -96,6 +96,10 @@ def death_of(exitcode: int | None) -> str:
 # -- queries: fork, read, exit -----------------------------------------------------------------
 
 _fork_lock = threading.RLock()
+_generation = 0
+#: Called (outside the lock) after every write, flush or compaction: warm query processes of the
+#: store as it was are retired and replaced (:mod:`kgservice.querypool`).
+changed_listeners: list[Callable[[], None]] = []
 
 
 @contextmanager
@@ -104,10 +108,29 @@ def no_fork() -> Iterator[None]:
 
     A child forked while another thread of the server held RocksDB's mutex would inherit it
     held and wait for ever (the retries below catch what RocksDB's own background threads do;
-    the server's own writes need not add to it).
+    the server's own writes need not add to it). Every write to a store must go through here:
+    it also moves the store :func:`generation` on, so that no process forked before the write
+    answers a query that starts after it.
     """
+    global _generation
     with _fork_lock:
+        _generation += 1
         yield
+    for listener in changed_listeners:
+        listener()
+
+
+def generation() -> int:
+    """How many write windows (:func:`no_fork`) have opened in this process: a process forked at
+    generation ``g`` holds every write acknowledged before it, and none opened after it."""
+    return _generation
+
+
+def fork() -> tuple[int, int]:
+    """``os.fork()`` outside every :func:`no_fork` window: (pid, the generation the child holds)."""
+    with _fork_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns on fork with threads
+        return os.fork(), _generation
 
 
 class StoreBusy(TimeLimit):
@@ -189,13 +212,13 @@ def _child(fn: Callable[..., Any], out: int, err: int, max_memory: int | None) -
             _write_all(out, _DATA + len(data).to_bytes(8, "big") + data)
 
         try:
-            _enter_sandbox("the query process")  # before the child touches the query
+            enter_sandbox("the query process")  # before the child touches the query
             if max_memory is not None:
-                _limit_address_space(max_memory)
+                limit_address_space(max_memory)
             payload = pickle.dumps(("ok", fn(lambda: os.write(out, _STARTED), emit)),
                                    protocol=pickle.HIGHEST_PROTOCOL)
         except MemoryError:
-            payload = pickle.dumps(failure(MemoryLimit(_MEMORY_DETAIL)))
+            payload = pickle.dumps(failure(MemoryLimit(MEMORY_DETAIL)))
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
             payload = pickle.dumps(failure(exc))
         _write_all(out, _END + payload)
@@ -203,10 +226,10 @@ def _child(fn: Callable[..., Any], out: int, err: int, max_memory: int | None) -
         os._exit(0)
 
 
-_MEMORY_DETAIL = "the query needed more memory than its limit (ESI_QUERY_MAX_MEMORY_MB) and was stopped; narrow it"
+MEMORY_DETAIL = "the query needed more memory than its limit (ESI_QUERY_MAX_MEMORY_MB) and was stopped; narrow it"
 
 
-def _limit_address_space(extra: int) -> None:
+def limit_address_space(extra: int) -> None:
     with open("/proc/self/status", encoding="ascii") as status:
         size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (size + extra, size + extra))
@@ -216,9 +239,7 @@ def _run_child(fn: Callable[..., Any], deadline: float, timeout: float, max_byte
                max_memory: int | None) -> Forked:
     read_end, write_end = os.pipe()
     err_read, err_write = os.pipe()
-    with _fork_lock, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns on fork with threads
-        pid = os.fork()
+    pid, _ = fork()
     if pid == 0:
         os.close(read_end)
         os.close(err_read)
@@ -243,14 +264,14 @@ def _run_child(fn: Callable[..., Any], deadline: float, timeout: float, max_byte
                 if not chunk:
                     open_fds.remove(fd)
                 elif fd == err_read:
-                    stderr = _kept(stderr, chunk)
+                    stderr = kept(stderr, chunk)
                 else:
                     raw += chunk
                     if limit is not None and len(raw) > limit:
                         raise ResponseTooLarge(max_bytes or 0)
         status = _reap(pid)
         if err_read in open_fds:
-            stderr = _kept(stderr, _drain(err_read))
+            stderr = kept(stderr, _drain(err_read))
     finally:
         os.close(read_end)
         os.close(err_read)
@@ -281,7 +302,7 @@ def _drain(fd: int) -> bytes:
         return b""
 
 
-def _kept(stderr: bytes, chunk: bytes) -> bytes:
+def kept(stderr: bytes, chunk: bytes) -> bytes:
     """The first and the last ``_STDERR_KEPT`` bytes a child wrote: the cause comes first (the engine's
     message), a traceback after it."""
     both = stderr + chunk
@@ -308,15 +329,15 @@ def _decode(raw: bytearray, status: int | None, stderr: bytes) -> Forked:
             raise remote_problem(result, "a query process")
         else:
             break
-    raise _crashed(status, stderr)
+    raise crashed(status, stderr)
 
 
-def _crashed(status: int | None, stderr: bytes) -> ESIError:
+def crashed(status: int | None, stderr: bytes) -> ESIError:
     """Why a child died without an answer: its memory limit, or a crash (logged with what it said)."""
     said = stderr.decode("utf-8", "replace").strip()
     how = death_of(os.waitstatus_to_exitcode(status) if status is not None else None)
     if "memory allocation of" in said or "MemoryError" in said:
         log.warning("a query process reached its memory limit (%s): %s", how, said[:500])
-        return MemoryLimit(_MEMORY_DETAIL)
+        return MemoryLimit(MEMORY_DETAIL)
     log.error("a query process died without an answer (%s): %s", how, said or "it said nothing")
     return ProcessCrashed(f"the query stopped the process that ran it ({how}); it was logged")

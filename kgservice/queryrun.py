@@ -115,13 +115,18 @@ class Answer:
 def execute(store: ox.Store, run: QueryRun, limits: QueryLimits, started: Callable[[], None],
             emit: Callable[[bytes], None]) -> str:
     """Run ``run`` on ``store`` and stream its answer to ``emit``; return the answer's media type."""
-    store.query("ASK { GRAPH ?g { ?s ?p ?o } }")  # takes a snapshot: a store that can be read
+    snapshot(store)
     started()
     try:
         result = store.query(run.text, **run.options())
     except SyntaxError as exc:
         raise QueryError(f"the query does not parse: {exc}") from None
     return write_answer(result, run, limits, emit)
+
+
+def snapshot(store: ox.Store) -> None:
+    """Take a snapshot of the store, as every query does: it returns only if the store can be read."""
+    store.query("ASK { GRAPH ?g { ?s ?p ?o } }")
 
 
 def write_answer(result: ox.QuerySolutions | ox.QueryBoolean | Iterable[ox.Triple], run: QueryRun,

@@ -20,8 +20,9 @@ from ..core.cases import SITE_PATTERN
 from ..core.ontology import ESI
 from ..core.terms import GraphView, Substitutions, Triple, solutions, triples_to_ox
 from ..errors import Conflict, NotFound
-from ..isolation import no_fork, run_forked_streaming
-from ..queryrun import Answer, QueryLimits, QueryRun, execute
+from ..isolation import no_fork
+from ..querypool import QueryPool
+from ..queryrun import Answer, QueryLimits, QueryRun, execute, snapshot
 from .base import CLOSURE_GRAPH, ONTOLOGY_GRAPH, CaseGraphs, Reinferred, list_pattern
 from .memory import release_freed_memory
 
@@ -79,6 +80,9 @@ class OxigraphSite:
         self._unflushed = 0
         self._writes = 0  # writes so far: a count made while one ran is not kept
         self._counts: dict[tuple[str | None, str | None], int] = {}
+        self._queries = QueryPool(  # a request is (QueryRun, QueryLimits)
+            lambda request, started, emit: execute(self.store, request[0], request[1], started, emit),
+            ready=lambda: snapshot(self.store))
 
     @contextmanager
     def _writing(self, quads: int) -> Iterator[None]:
@@ -242,12 +246,15 @@ class OxigraphSite:
         return solutions(self.store.query(query, substitutions=substitutions or {}, use_default_graph_as_union=True))
 
     def run_limited(self, run: QueryRun, limits: QueryLimits) -> Answer:
-        """In a child forked from this process, which reads the open store and is killed at the time
-        or memory limit (see :func:`kgservice.isolation.run_forked`); it streams the answer back."""
-        forked = run_forked_streaming(lambda started, emit: execute(self.store, run, limits, started, emit),
-                                      limits.timeout_s, max_bytes=limits.max_bytes,
-                                      max_memory=limits.max_memory_bytes)
+        """In a child process forked from this one, which reads the open store and is killed at the
+        time or memory limit; a warm one when one is ready (:mod:`kgservice.querypool`)."""
+        forked = self._queries.run((run, limits), limits.timeout_s, max_bytes=limits.max_bytes,
+                                   max_memory=limits.max_memory_bytes)
         return Answer(forked.value, forked.body)
+
+    def stop_queries(self) -> None:
+        """Stop this store's warm query processes."""
+        self._queries.close()
 
     # -- versions --------------------------------------------------------------------------
 
@@ -387,5 +394,6 @@ class Stores:
     def close(self) -> None:
         with self._open:
             for store in self._sites.values():
+                store.stop_queries()
                 store.flush()
             self._sites.clear()

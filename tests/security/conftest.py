@@ -29,6 +29,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from kgservice import querypool
 from kgservice.api import create_app
 from kgservice.config import Settings
 from kgservice.core.kb import KnowledgeBase
@@ -238,11 +239,14 @@ def south(secure_app: Flask) -> Site:
 # -- processes -------------------------------------------------------------------------------------------
 
 
-def children_of(pid: int | None = None) -> dict[int, str]:
+def children_of(pid: int | None = None, warm: bool = True) -> dict[int, str]:
     """Child processes of ``pid`` (default: this process) with their state, from /proc.
 
-    Zombies count: a child that was killed but never reaped is left over too.
+    Zombies count: a child that was killed but never reaped is left over too. ``warm=False``
+    leaves out this process's idle warm query processes (:func:`kgservice.querypool.warm_pids`),
+    which wait for the next query by design.
     """
+    ready = set() if warm or pid is not None else querypool.warm_pids()
     pid = os.getpid() if pid is None else pid
     found = {}
     for entry in os.listdir("/proc"):
@@ -254,6 +258,6 @@ def children_of(pid: int | None = None) -> dict[int, str]:
         except OSError:
             continue
         state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        if int(ppid) == pid and state != "X":
+        if int(ppid) == pid and state != "X" and int(entry) not in ready:
             found[int(entry)] = state
     return found

@@ -128,12 +128,14 @@ def test_a_store_that_cannot_be_read_is_busy_not_slow(make_app: Apps, monkeypatc
 
 
 def tree_rss(pgid: int) -> int:
-    """Resident memory of every live process in the server's process group, in bytes."""
+    """Memory of every live process in the server's process group, in bytes: the proportional set size,
+    so that pages a warm query process shares copy-on-write with the server are counted once, not twice."""
     total = 0
     for pid in _live_members(pgid):
         try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096
-        except (OSError, IndexError, ValueError):
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) * 1024
+        except (OSError, IndexError, ValueError, StopIteration):
             continue
     return total
 
