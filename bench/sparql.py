@@ -25,7 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import sparql_http
 from common import table
 
 HERE = Path(__file__).resolve().parent
@@ -55,8 +57,10 @@ def _queries(case: str) -> list[dict[str, Any]]:
     found = []
     for q in Catalog.load(Settings().queries_dir).queries.values():
         bindings: dict[str, list[str]] = {}
+        args: dict[str, str] = {}
         for p in q.params:
             value = p.example
+            args[p.name] = case if p.type == "iri" and p.name == "case" else value
             if p.type == "code":
                 bindings[p.name] = ["iri", ESI + value]
             elif p.type == "iri":
@@ -65,9 +69,10 @@ def _queries(case: str) -> list[dict[str, Any]]:
                 bindings[p.name] = ["literal", value, XSD + "integer"]
             else:
                 bindings[p.name] = ["literal", value, XSD + "string"]
-        found.append({"name": f"named: {q.name}", "text": q.text, "bindings": bindings})
+        found.append({"name": f"named: {q.name}", "text": q.text, "bindings": bindings,
+                      "path": f"/queries/{q.name}" + (f"?{urlencode(args)}" if args else "")})
     for name, text in ADHOC.items():
-        found.append({"name": name, "text": text.replace("CASE", case), "bindings": {}})
+        found.append({"name": name, "text": text.replace("CASE", case), "bindings": {}, "path": None})
     return found
 
 
@@ -247,7 +252,7 @@ def run(quick: bool) -> str:
               f"Oxigraph in memory, {n_rdflib} cases, p50 ms", f"rdflib Dataset, {n_rdflib} cases, p50 ms",
               "same rows", "speed-up vs rdflib (same data)"]
     return table("SPARQL: named queries and ad-hoc queries, Oxigraph vs rdflib (baseline)", header, rows) \
-        + "\n\n" + verdict
+        + "\n\n" + verdict + "\n" + sparql_http.run(data_dir, queries, n, quick)
 
 
 if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "--rdflib-worker":

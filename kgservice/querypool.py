@@ -104,6 +104,7 @@ class QueryPool:
         self._max_memory: int | None = None
         self._refused = False  # a child could not enter the sandbox: every query forks (and says why)
         self._starting: set[int] = set()
+        self._watched = False
         weakref.finalize(self, _kill_all, self._idle)
 
     def run(self, request: Any, timeout: float, *, max_bytes: int | None = None,
@@ -135,20 +136,24 @@ class QueryPool:
     # -- the request path ------------------------------------------------------------------------
 
     def _take(self, max_memory: int | None) -> _Child | None:
+        """A fresh idle child, marked busy; the keeper is woken only when it has work to do."""
         with self._lock:
             self._used = time.monotonic()
-            if self._max_memory != max_memory:
-                self._max_memory = max_memory
-            taken = None
+            self._max_memory = max_memory
+            taken, retired = None, False
             while self._idle and taken is None:
                 child = self._idle.pop()
                 if child.fresh(max_memory) and child.alive():
                     taken = child
                 else:
                     _KEEPER.dying(child)
+                    retired = True
             if taken is not None:
                 self._busy += 1
-        _KEEPER.watch(self)
+            short = retired or taken is None or len(self._idle) + self._busy < self.size
+        if not self._watched or short:
+            self._watched = True
+            _KEEPER.watch(self)
         return taken
 
     def _give_back(self, child: _Child, reusable: bool) -> None:
@@ -159,7 +164,6 @@ class QueryPool:
                 self._idle.append(child)
         if not keep:
             _KEEPER.dying(child)
-        _KEEPER.poke()
 
     def _exchange(self, child: _Child, request: Any, deadline: float, timeout: float,
                   max_bytes: int | None) -> Forked:

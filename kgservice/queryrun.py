@@ -11,7 +11,6 @@ which counts rows and bytes as they are written: one row over ``max_rows`` or on
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -134,7 +133,7 @@ def write_answer(result: ox.QuerySolutions | ox.QueryBoolean | Iterable[ox.Tripl
     """Serialize a query's result as ``run`` asks, under the row and byte caps; return the media type."""
     if isinstance(result, ox.QueryBoolean):
         media = _need(run.result_media, RESULT_FORMATS, "an ASK result")
-        emit(_boolean(bool(result), media))
+        emit(_boolean(result, media))
         return _SENT_AS.get(media, media)
     if isinstance(result, ox.QuerySolutions):
         media = _need(run.result_media, RESULT_FORMATS, "a SELECT result")
@@ -162,18 +161,14 @@ def _serializing(write: Callable[[], object]) -> None:
         raise NotAcceptable(f"the result cannot be written in the format asked for: {exc}") from None
 
 
-def _boolean(value: bool, media: str) -> bytes:
-    """ASK results; as CSV and TSV, one column ``_askResult`` with one row (the convention other
-    stores follow, since the CSV/TSV results note defines SELECT results only)."""
-    word = "true" if value else "false"
-    if media == CSV:
-        return f"_askResult\r\n{word}\r\n".encode()
-    if media == TSV:
-        return f"?_askResult\n{word}\n".encode()
-    if RESULT_FORMATS[media] == ox.QueryResultsFormat.XML:
-        return (f'<?xml version="1.0"?>\n<sparql xmlns="http://www.w3.org/2005/sparql-results#"><head/>'
-                f"<boolean>{word}</boolean></sparql>\n").encode()
-    return json.dumps({"head": {}, "boolean": value}).encode()
+def _boolean(result: ox.QueryBoolean, media: str) -> bytes:
+    """ASK results, by Oxigraph's serializers; as CSV and TSV, one column ``_askResult`` with one row
+    (the convention other stores follow, since the CSV/TSV results note defines SELECT results only,
+    and Oxigraph writes the bare word)."""
+    if media in (CSV, TSV):
+        word = "true" if result else "false"
+        return f"_askResult\r\n{word}\r\n".encode() if media == CSV else f"?_askResult\n{word}\n".encode()
+    return cast(bytes, result.serialize(format=RESULT_FORMATS[media]))  # no output given: the bytes
 
 
 def _capped(triples: Iterable[ox.Triple], limit: int) -> Iterator[ox.Triple]:

@@ -559,7 +559,7 @@ def test_sparql_select_in_each_results_format(stored: FlaskClient, accept: str) 
         assert rows[0] == ["?case", "?category"] and tuple(rows[1]) == tuple(f"<{v}>" for v in first)
 
 
-@pytest.mark.parametrize("accept, body", [(RESULTS_JSON, '"boolean": true'),
+@pytest.mark.parametrize("accept, body", [(RESULTS_JSON, '"boolean":true'),
                                           ("application/sparql-results+xml", "<boolean>true</boolean>"),
                                           ("text/csv", "true")])
 def test_sparql_ask(stored: FlaskClient, accept: str, body: str) -> None:

@@ -284,16 +284,16 @@ def test_the_real_server_sends_nothing_out_for_any_spelling(tmp_path: Path, list
         thread = threading.Thread(target=sparql_select, args=(server.base_url, slow), daemon=True)
         thread.start()
         known = set(gunicorn_worker) | set(workers)
-        seen: dict[int, str] = {}
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and not seen:
+        seen: dict[int, str] = {}  # each query process, with the last state read of it: a warm one
+        deadline = time.monotonic() + 3  # may be caught just forked, before it entered the sandbox
+        while time.monotonic() < deadline and thread.is_alive():
             for pid in _descendants(server.process.pid):
                 if pid not in known and "spawn" not in _cmdline(pid):
                     try:
                         seen[pid] = _status(pid)["Seccomp"]
                     except OSError:
-                        pass
-            time.sleep(0.01)
+                        seen.pop(pid, None)  # gone
+            time.sleep(0.05)
         thread.join(10)
         assert seen and set(seen.values()) == {"2"}, seen
 

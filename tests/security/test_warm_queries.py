@@ -103,7 +103,7 @@ def test_a_child_forked_before_a_write_never_answers_after_it(pool: QueryPool) -
         with no_fork():  # what every write, flush and compaction of a store opens
             pass
         assert answered_by(pool) not in before
-        assert eventually(lambda: all(gone(pid) for pid in before))  # retired: killed and reaped
+        assert eventually(lambda before=before: all(gone(pid) for pid in before))  # retired: killed, reaped
 
 
 def test_a_query_past_its_limit_kills_its_child_and_the_next_one_is_answered(pool: QueryPool) -> None:

@@ -1,0 +1,123 @@
+"""SPARQL over HTTP against ``Store.query`` on the same store: what the service adds to a query (#14 target 1).
+
+Baseline: the site's store opened in this process (``pyoxigraph.Store``), each query run as the
+service runs it (union default graph, the ``#+`` header's example values bound by the engine)
+and its answer serialized by Oxigraph to SPARQL results JSON, the format the HTTP requests ask
+for. Then, on the same store: a real ``kgservice serve`` (authentication on, a token with
+``cases:read``), one client on one keep-alive connection, named queries as
+``GET /queries/{name}?…`` and ad-hoc ones as ``POST /sparql`` (``application/sparql-query``).
+p50 of each; the target is HTTP within 1.2x the baseline plus 2 ms, per query.
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import table
+from loadgen import Server
+
+RATIO, SLACK_MS = 1.2, 2.0
+JSON = "application/sparql-results+json"
+EXTRA = [
+    {"name": "ASK {}", "text": "ASK {}", "bindings": {}, "path": None},
+]
+
+
+def _baseline(path: Path, queries: list[dict[str, Any]], reps: int, budget: float) -> list[list[float]]:
+    import pyoxigraph as ox
+    from sparql import _ox_bindings
+
+    opened = [ox.Store(str(path))]
+    found = []
+    try:
+        for q in queries:
+            subs = _ox_bindings(q["bindings"])
+
+            def once(q: dict[str, Any] = q, subs: dict[Any, Any] = subs) -> None:
+                opened[0].query(q["text"], substitutions=subs, use_default_graph_as_union=True,
+                            base_iri="https://w3id.org/esi-kg/").serialize(format=ox.QueryResultsFormat.JSON)
+
+            found.append(_times(once, reps, budget))
+    finally:
+        opened.clear()
+        gc.collect()  # closed: the server opens it next
+    return found
+
+
+def _times(once: Any, reps: int, budget: float) -> list[float]:
+    for _ in range(3):
+        once()  # warm: caches, and on the server the warm query processes
+    times: list[float] = []
+    while len(times) < reps and (sum(times) < budget or len(times) < 5):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _token(data_dir: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "kgservice.cli", "token", "create", "--site", "default",
+                           "--scope", "cases:read", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, check=True, timeout=120)
+    return done.stdout.strip()
+
+
+def _over_http(data_dir: Path, queries: list[dict[str, Any]], reps: int, budget: float) -> list[list[float]]:
+    token = _token(data_dir)
+    env = {"ESI_AUTH_REQUIRED": "true", "ESI_REASONING_WORKERS": "1"}
+    with Server(data_dir, env=env) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        auth = {"Authorization": f"Bearer {token}", "Accept": JSON}
+        found = []
+        try:
+            for q in queries:
+                def once(q: dict[str, Any] = q) -> None:
+                    if q["path"]:
+                        conn.request("GET", q["path"], headers=auth)
+                    else:
+                        conn.request("POST", "/sparql", body=q["text"].encode(),
+                                     headers={**auth, "Content-Type": "application/sparql-query"})
+                    response = conn.getresponse()
+                    body = response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{q['name']}: {response.status} {body[:300]!r}")
+
+                found.append(_times(once, reps, budget))
+        finally:
+            conn.close()
+    return found
+
+
+def run(data_dir: Path, queries: list[dict[str, Any]], n: int, quick: bool) -> str:
+    """The table: per query, ``Store.query`` + JSON in-process, then over HTTP, p50 and verdict."""
+    from ingest import case_iri
+
+    queries = [*EXTRA, *queries]
+    case = next(q for q in queries if q["name"].startswith("ad hoc: one case by IRI"))
+    assert case_iri(7) in case["text"]
+    reps, budget = (40, 1.5) if quick else (200, 10.0)
+    base = _baseline(data_dir / "sites" / "default", queries, reps, budget)
+    http_times = _over_http(data_dir, queries, reps, budget)
+    rows, missed = [], []
+    for q, b, h in zip(queries, base, http_times, strict=True):
+        b50, h50 = statistics.median(b) * 1000, statistics.median(h) * 1000
+        allowed = RATIO * b50 + SLACK_MS
+        verdict = "met" if h50 <= allowed else f"NOT met by {h50 - allowed:.1f} ms ({h50 / allowed:.2f}x)"
+        if h50 > allowed:
+            missed.append(q["name"])
+        rows.append([q["name"], "GET " + q["path"].split("?")[0] if q["path"] else "POST /sparql", b50, h50,
+                     f"{h50 / b50:.2f}x", f"+{h50 - b50:.2f}", verdict])
+    header = ["query", "HTTP request", "Store.query + JSON, p50 ms", "over HTTP, p50 ms", "ratio", "added ms",
+              f"target <= {RATIO:g}x + {SLACK_MS:g} ms"]
+    note = (f"Same store ({n} cases), same run; one client, one keep-alive connection, auth on; "
+            f"{reps} requests per query at most ({budget:g} s budget). Target 1 of #14: "
+            + ("met for every query" if not missed else f"NOT met for {len(missed)}: {', '.join(missed)}"))
+    return table("SPARQL over HTTP vs Store.query on the same store (target: <= 1.2x + 2 ms)", header, rows) \
+        + "\n\n" + note
