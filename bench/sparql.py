@@ -202,9 +202,9 @@ def run(quick: bool) -> str:
     from ingest import case_iri, prepared_store, root
 
     n = 2_000 if quick else 100_000
-    n_rdflib = min(n, 2_000 if quick else 10_000)
+    n_rdflib = min(n, 1_000 if quick else 10_000)
     reps, ox_budget = 5, (5.0 if quick else 30.0)
-    rdf_reps, rdf_budget, limit = 3, (5.0 if quick else 60.0), (10.0 if quick else 60.0)
+    rdf_reps, rdf_budget, limit = 3, (3.0 if quick else 60.0), (5.0 if quick else 60.0)
 
     data_dir = prepared_store(n)
     store = ox.Store.read_only(str(data_dir / "sites" / "default"))

@@ -258,7 +258,7 @@ def _run_child(fn: Callable[..., Any], deadline: float, timeout: float, max_byte
                 raise _Stuck()
             if now >= deadline:
                 raise TimeLimit(f"the query ran longer than {timeout:g} s and was stopped; narrow it or add LIMIT")
-            ready, _, _ = select.select(open_fds, [], [], min(deadline - now, 0.05 if not raw else 0.25))
+            ready = readable(open_fds, min(deadline - now, 0.05 if not raw else 0.25))
             for fd in ready:
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
@@ -282,6 +282,14 @@ def _run_child(fn: Callable[..., Any], deadline: float, timeout: float, max_byte
                 pass
             os.waitpid(pid, 0)
     return _decode(raw, status, stderr)
+
+
+def readable(fds: list[int], timeout: float) -> list[int]:
+    """Which of ``fds`` can be read within ``timeout`` seconds (``poll``: any descriptor number)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(max(0, int(timeout * 1000) + 1))]
 
 
 def _reap(pid: int) -> int | None:

@@ -1,4 +1,4 @@
-"""The life of a warm query process (:mod:`kgservice.querypool`): set up once, then answer queries.
+"""The protocol of a warm query process (:mod:`kgservice.querypool`): its life, and the server's reading of it.
 
 After the fork it keeps nothing of the server's but the open stores: it closes every socket
 and pipe it inherited but its own socket and stderr, leaves the server's signal handlers, dies
@@ -18,11 +18,26 @@ import pickle
 import signal
 import socket
 import stat
+import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from .errors import ESIError
-from .isolation import MEMORY_DETAIL, MemoryLimit, NotIsolated, enter_sandbox, failure, limit_address_space
+from .isolation import (
+    MEMORY_DETAIL,
+    Forked,
+    MemoryLimit,
+    NotIsolated,
+    TimeLimit,
+    enter_sandbox,
+    failure,
+    kept,
+    limit_address_space,
+    readable,
+    remote_problem,
+)
+from .queryrun import ResponseTooLarge
 
 READY, REFUSED, STARTED, DATA, END = b"R", b"N", b"S", b"D", b"E"
 _CHUNK = 256 * 1024
@@ -41,12 +56,11 @@ def warm_main(sock: socket.socket, err: int, parent: int, work: Work, ready: Cal
         quiet = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1):
             os.dup2(quiet, fd)
-        os.close(quiet)
+        _drop_inherited(sock.fileno(), quiet)
         if faulthandler.is_enabled():
             faulthandler.enable(2)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)  # not the server's handlers: a signal for the server ends us
-        _close_inherited(sock.fileno())
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             return
@@ -61,32 +75,39 @@ def warm_main(sock: socket.socket, err: int, parent: int, work: Work, ready: Cal
         ready()
         sock.sendall(READY)
         while (request := _receive(sock)) is not None:
-            _answer(sock, work, request, base, max_memory)
+            _answer(sock, work, request[0], base, max_memory)
+    except BaseException:  # noqa: BLE001 - said on stderr, which the server logs if a query was lost
+        traceback.print_exc()
+        os._exit(1)
     finally:
         os._exit(0)
 
 
-def _close_inherited(keep: int) -> None:
-    """Close every socket and pipe inherited from the server but ours (and stderr): a client's
-    connection, the listener, another child's pipe (whose reader waits for its end of file)."""
+def _drop_inherited(keep: int, quiet: int) -> None:
+    """Let go of every socket and pipe inherited from the server but ours (and stderr): a client's
+    connection, the listener, another child's pipe (whose reader waits for its end of file).
+
+    Each is pointed at ``/dev/null`` rather than closed: the number stays taken, so that a Python
+    object of the server's that still names it can never close a file the engine opens later."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd in (keep, 2):
+        if fd in (keep, 2, quiet):
             continue
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
-                os.close(fd)
+                os.dup2(quiet, fd)
         except OSError:
             continue
 
 
-def _receive(sock: socket.socket) -> Any:
+def _receive(sock: socket.socket) -> tuple[Any] | None:
+    """The next request (in a tuple: a request may be None), or None at the end of the socket."""
     head = _exactly(sock, 8)
     if head is None:
         return None
     body = _exactly(sock, int.from_bytes(head, "big"))
-    return None if body is None else pickle.loads(body)
+    return None if body is None else (pickle.loads(body),)
 
 
 def _exactly(sock: socket.socket, n: int) -> bytes | None:
@@ -131,3 +152,85 @@ def _nothing() -> None:
 def _vm_size() -> int:
     with open("/proc/self/statm", "rb") as statm:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- in the server: one answer's frames --------------------------------------------------------
+
+
+class Died(Exception):
+    def __init__(self, started: bool, status: int | None, stderr: bytes) -> None:
+        super().__init__("the query process died")
+        self.started, self.status, self.stderr = started, status, stderr
+
+
+def read_answer(child: Any, deadline: float, timeout: float,
+                max_bytes: int | None) -> tuple[Forked, bool]:
+    """The child's frames for one query: ``S``, ``D`` + 8-byte length + bytes ..., ``E`` + length + pickle."""
+    sock, buffer, pos, size, started = child.sock, bytearray(), 0, 0, False
+    parts: list[bytes] = []
+    limit = None if max_bytes is None else max_bytes + (1 << 16)
+    while True:
+        while pos < len(buffer):
+            tag = buffer[pos:pos + 1]
+            if tag == STARTED:
+                started, pos = True, pos + 1
+                continue
+            if len(buffer) < pos + 9:
+                break
+            length = int.from_bytes(buffer[pos + 1:pos + 9], "big")
+            if len(buffer) < pos + 9 + length:
+                break
+            chunk = bytes(buffer[pos + 9:pos + 9 + length])
+            pos += 9 + length
+            if tag == END:
+                result, retire = pickle.loads(chunk)
+                if result[0] == "ok":
+                    return Forked(result[1], b"".join(parts)), not retire
+                error = remote_problem(result, "a query process")
+                raise Answered(error, not retire)
+            parts.append(chunk)
+        if pos and pos == len(buffer):
+            del buffer[:]
+            pos = 0
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeLimit(f"the query ran longer than {timeout:g} s and was stopped; narrow it or add LIMIT")
+        if not readable([sock.fileno()], left):
+            continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            status = reap_within(child.pid, 1.0)
+            raise Died(started, status, drain(child.err))
+        buffer += chunk
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ResponseTooLarge(max_bytes or 0)
+
+
+class Answered(Exception):
+    """A problem the child answered (the child lives on if ``reusable``)."""
+
+    def __init__(self, problem: Exception, reusable: bool) -> None:
+        super().__init__(problem)
+        self.problem, self.reusable = problem, reusable
+
+
+def reap_within(pid: int, seconds: float) -> int | None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.005)
+    return None
+
+
+def drain(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    said = b""
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            said = kept(said, chunk)
+    except (BlockingIOError, OSError):
+        pass
+    return said

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import signal
 import socket
 import threading
@@ -36,9 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import isolation
-from .isolation import Forked, TimeLimit, crashed, kept, remote_problem, run_forked_streaming
-from .querychild import END, READY, REFUSED, STARTED, Work, warm_main
-from .queryrun import ResponseTooLarge
+from .isolation import Forked, crashed, readable, run_forked_streaming
+from .querychild import READY, REFUSED, Answered, Died, Work, drain, read_answer, warm_main
 
 #: Warm children kept per store (0: fork a child for every query, as before).
 WARM = 2
@@ -68,6 +66,9 @@ class _Child:
         return (self.generation == isolation.generation() and self.max_memory == max_memory
                 and self.served < MAX_QUERIES and time.monotonic() - self.born < MAX_AGE_S)
 
+    def aging(self) -> bool:
+        return self.served > MAX_QUERIES * 0.8 or time.monotonic() - self.born > MAX_AGE_S * 0.8
+
     def alive(self) -> bool:
         try:
             return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
@@ -84,7 +85,7 @@ class _Child:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass
-        said = _drain(self.err)
+        said = drain(self.err)
         self.sock.close()
         os.close(self.err)
         return said
@@ -175,11 +176,11 @@ class QueryPool:
             raise _DeadBefore() from None
         child.served += 1
         try:
-            forked, reusable = _read_answer(child, deadline, timeout, max_bytes)
-        except _Answered as answered:
+            forked, reusable = read_answer(child, deadline, timeout, max_bytes)
+        except Answered as answered:
             self._give_back(child, answered.reusable)
             raise answered.problem from None
-        except _Died as died:
+        except Died as died:
             self._lost(child)
             if not died.started:
                 raise _DeadBefore() from None
@@ -210,15 +211,30 @@ class QueryPool:
         for old in stale:
             old.kill()
         for _ in range(max(0, need)):
-            child = self._spawn(max_memory)
-            if child is None:
+            if not self._add(max_memory):
                 return
-            with _SPAWNING, self._lock:
-                kept_warm = child.fresh(self._max_memory) and len(self._idle) + self._busy < self.size
-                if kept_warm:
-                    self._idle.append(child)
-            if not kept_warm:
-                child.kill()
+        with self._lock:  # one near the end of its life is replaced ahead of time, not when it is due
+            aging = next((c for c in self._idle if c.aging()), None) if active and not need else None
+        if aging is not None and self._add(max_memory, spare=1):
+            with self._lock:
+                retire = aging in self._idle
+                if retire:
+                    self._idle.remove(aging)
+            if retire:
+                aging.kill()
+
+    def _add(self, max_memory: int | None, spare: int = 0) -> bool:
+        """Fork a child and keep it warm (``spare``: above the size, for the one it replaces)."""
+        child = self._spawn(max_memory)
+        if child is None:
+            return False
+        with _SPAWNING, self._lock:
+            kept_warm = child.fresh(self._max_memory) and len(self._idle) + self._busy < self.size + spare
+            if kept_warm:
+                self._idle.insert(0, child)  # taken last: the older ones go first
+        if not kept_warm:
+            child.kill()
+        return kept_warm
 
     def _spawn(self, max_memory: int | None) -> _Child | None:
         ours, theirs = socket.socketpair()
@@ -235,7 +251,7 @@ class QueryPool:
         os.close(err_write)
         child = _Child(pid, ours, err_read, generation, max_memory)
         try:
-            if select.select([ours], [], [], READY_S)[0]:
+            if readable([ours.fileno()], READY_S):
                 first = ours.recv(1)
                 if first == READY:
                     return child
@@ -250,85 +266,6 @@ class QueryPool:
 
 class _DeadBefore(Exception):
     """The child was gone before it read the query."""
-
-
-class _Died(Exception):
-    def __init__(self, started: bool, status: int | None, stderr: bytes) -> None:
-        super().__init__("the query process died")
-        self.started, self.status, self.stderr = started, status, stderr
-
-
-def _read_answer(child: _Child, deadline: float, timeout: float,
-                 max_bytes: int | None) -> tuple[Forked, bool]:
-    """The child's frames for one query: ``S``, ``D`` + 8-byte length + bytes ..., ``E`` + length + pickle."""
-    sock, buffer, pos, size, started = child.sock, bytearray(), 0, 0, False
-    parts: list[bytes] = []
-    limit = None if max_bytes is None else max_bytes + (1 << 16)
-    while True:
-        while pos < len(buffer):
-            tag = buffer[pos:pos + 1]
-            if tag == STARTED:
-                started, pos = True, pos + 1
-                continue
-            if len(buffer) < pos + 9:
-                break
-            length = int.from_bytes(buffer[pos + 1:pos + 9], "big")
-            if len(buffer) < pos + 9 + length:
-                break
-            chunk = bytes(buffer[pos + 9:pos + 9 + length])
-            pos += 9 + length
-            if tag == END:
-                result, retire = pickle.loads(chunk)
-                if result[0] == "ok":
-                    return Forked(result[1], b"".join(parts)), not retire
-                error = remote_problem(result, "a query process")
-                raise _Answered(error, not retire)
-            parts.append(chunk)
-        if pos and pos == len(buffer):
-            del buffer[:]
-            pos = 0
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeLimit(f"the query ran longer than {timeout:g} s and was stopped; narrow it or add LIMIT")
-        if not select.select([sock], [], [], left)[0]:
-            continue
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            status = _reap_within(child.pid, 1.0)
-            raise _Died(started, status, _drain(child.err))
-        buffer += chunk
-        size += len(chunk)
-        if limit is not None and size > limit:
-            raise ResponseTooLarge(max_bytes or 0)
-
-
-class _Answered(Exception):
-    """A problem the child answered (the child lives on if ``reusable``)."""
-
-    def __init__(self, problem: Exception, reusable: bool) -> None:
-        super().__init__(problem)
-        self.problem, self.reusable = problem, reusable
-
-
-def _reap_within(pid: int, seconds: float) -> int | None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    return None
-
-
-def _drain(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    said = b""
-    try:
-        while chunk := os.read(fd, 1 << 16):
-            said = kept(said, chunk)
-    except (BlockingIOError, OSError):
-        pass
-    return said
 
 
 def _kill_all(children: list[_Child]) -> None:

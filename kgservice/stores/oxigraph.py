@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,9 +81,10 @@ class OxigraphSite:
         self._unflushed = 0
         self._writes = 0  # writes so far: a count made while one ran is not kept
         self._counts: dict[tuple[str | None, str | None], int] = {}
+        me = weakref.ref(self)  # not self: the store is closed as soon as this object is dropped
         self._queries = QueryPool(  # a request is (QueryRun, QueryLimits)
-            lambda request, started, emit: execute(self.store, request[0], request[1], started, emit),
-            ready=lambda: snapshot(self.store))
+            lambda request, started, emit: execute(_alive(me).store, request[0], request[1], started, emit),
+            ready=lambda: snapshot(_alive(me).store))
 
     @contextmanager
     def _writing(self, quads: int) -> Iterator[None]:
@@ -349,6 +351,13 @@ def _matches(facets: _Facets | None, key: tuple[str | None, str | None]) -> int:
 
 def _in(triples: Iterable[ox.Triple], graph: ox.NamedNode) -> Iterator[ox.Quad]:
     return (ox.Quad(t.subject, t.predicate, t.object, graph) for t in triples)
+
+
+def _alive(site: weakref.ref[OxigraphSite]) -> OxigraphSite:
+    found = site()
+    if found is None:
+        raise RuntimeError("the store was closed")
+    return found
 
 
 def _tail(iri: str) -> str:
