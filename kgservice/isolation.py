@@ -269,9 +269,9 @@ def _run_child(fn: Callable[..., Any], deadline: float, timeout: float, max_byte
                     raw += chunk
                     if limit is not None and len(raw) > limit:
                         raise ResponseTooLarge(max_bytes or 0)
-        status = _reap(pid)
+        status = reap(pid)
         if err_read in open_fds:
-            stderr = kept(stderr, _drain(err_read))
+            stderr = kept(stderr, drain(err_read))
     finally:
         os.close(read_end)
         os.close(err_read)
@@ -292,7 +292,7 @@ def readable(fds: list[int], timeout: float) -> list[int]:
     return [fd for fd, _ in poller.poll(max(0, int(timeout * 1000) + 1))]
 
 
-def _reap(pid: int) -> int | None:
+def reap(pid: int) -> int | None:
     """The exit status of a child that closed its pipe (it is exiting), or None after a second."""
     for _ in range(100):
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -302,12 +302,16 @@ def _reap(pid: int) -> int | None:
     return None
 
 
-def _drain(fd: int) -> bytes:
+def drain(fd: int) -> bytes:
+    """What can be read from ``fd`` now, without waiting (the first and last bytes of it, as :func:`kept`)."""
     os.set_blocking(fd, False)
+    said = b""
     try:
-        return os.read(fd, _STDERR_KEPT)
-    except BlockingIOError:
-        return b""
+        while chunk := os.read(fd, 1 << 16):
+            said = kept(said, chunk)
+    except OSError:  # BlockingIOError: nothing more for now
+        pass
+    return said
 
 
 def kept(stderr: bytes, chunk: bytes) -> bytes:

@@ -30,11 +30,12 @@ from .isolation import (
     MemoryLimit,
     NotIsolated,
     TimeLimit,
+    drain,
     enter_sandbox,
     failure,
-    kept,
     limit_address_space,
     readable,
+    reap,
     remote_problem,
 )
 from .queryrun import ResponseTooLarge
@@ -199,7 +200,8 @@ def read_answer(child: Any, deadline: float, timeout: float,
             continue
         chunk = sock.recv(1 << 20)
         if not chunk:
-            status = reap_within(child.pid, 1.0)
+            status = reap(child.pid)
+            child.reaped = status is not None
             raise Died(started, status, drain(child.err))
         buffer += chunk
         size += len(chunk)
@@ -213,24 +215,3 @@ class Answered(Exception):
     def __init__(self, problem: Exception, reusable: bool) -> None:
         super().__init__(problem)
         self.problem, self.reusable = problem, reusable
-
-
-def reap_within(pid: int, seconds: float) -> int | None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    return None
-
-
-def drain(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    said = b""
-    try:
-        while chunk := os.read(fd, 1 << 16):
-            said = kept(said, chunk)
-    except (BlockingIOError, OSError):
-        pass
-    return said

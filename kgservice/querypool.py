@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import isolation
-from .isolation import Forked, crashed, readable, run_forked_streaming
-from .querychild import READY, REFUSED, Answered, Died, Work, drain, read_answer, warm_main
+from .isolation import Forked, crashed, drain, readable, run_forked_streaming
+from .querychild import READY, REFUSED, Answered, Died, Work, read_answer, warm_main
 
 #: Warm children kept per store (0: fork a child for every query, as before).
 WARM = 2
@@ -61,6 +61,7 @@ class _Child:
     max_memory: int | None
     born: float = field(default_factory=time.monotonic)
     served: int = 0
+    reaped: bool = False  # its pid may belong to another process now: never signalled again
 
     def fresh(self, max_memory: int | None) -> bool:
         return (self.generation == isolation.generation() and self.max_memory == max_memory
@@ -71,20 +72,27 @@ class _Child:
 
     def alive(self) -> bool:
         try:
-            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+            self.reaped = os.waitpid(self.pid, os.WNOHANG) != (0, 0)
         except ChildProcessError:
-            return False
+            self.reaped = True
+        return not self.reaped
+
+    def signal_kill(self) -> None:
+        if not self.reaped:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> bytes:
         """SIGKILL, reap, close; what the child wrote to stderr."""
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        self.signal_kill()
+        if not self.reaped:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.reaped = True
         said = drain(self.err)
         self.sock.close()
         os.close(self.err)
@@ -305,10 +313,7 @@ class _Keeper:
             self._wake.notify()
 
     def dying(self, child: _Child) -> None:
-        try:
-            os.kill(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        child.signal_kill()
         with self._wake:
             self._dying.append(child)
             self._wake.notify()
