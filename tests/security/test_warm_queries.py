@@ -243,20 +243,24 @@ def test_the_api_reads_its_writes_over_many_rounds(make_app: Apps) -> None:
 # -- the real server --------------------------------------------------------------------------------
 
 
-def query_children(worker: int) -> list[int]:
-    """The worker's children that run queries: forked copies of it (reasoning workers are spawned)."""
-    found = []
+def children(parent: int) -> set[int]:
+    found = set()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == worker and b"multiprocessing" not in cmdline:
-            found.append(int(entry.name))
+        if entry.name.isdigit() and _ppid(entry.name) == parent:
+            found.add(int(entry.name))
     return found
+
+
+def settled_children(parent: int) -> set[int]:
+    """The children of ``parent`` once they have not changed for half a second (reasoning workers)."""
+    last, since = children(parent), time.monotonic()
+    deadline = since + 30
+    while time.monotonic() < deadline and time.monotonic() - since < 0.5:
+        time.sleep(0.05)
+        now = children(parent)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def gunicorn_worker(master: int) -> int:
@@ -278,17 +282,18 @@ def test_no_query_process_outlives_the_server(tmp_path: Path, how: str) -> None:
         assert server.process is not None
         token = create_token(server.data_dir, "north", "cases:read")
         worker = gunicorn_worker(server.process.pid)
+        before = settled_children(worker)
         for _ in range(3):
             reply = http_request(server.base_url, "GET", "/sparql?query=ASK%7B%7D", token=token,
                                  headers={"Accept": "application/sparql-results+json"})
             assert reply.status == 200, reply.body[:300]
-        children = eventually(lambda: query_children(worker) if len(query_children(worker)) >= 2 else None)
+        warm = eventually(lambda: children(worker) - before if len(children(worker) - before) >= 2 else None)
         if how == "stopped":
             server.process.send_signal(signal.SIGTERM)
             server.process.wait(30)
         else:
             os.kill(worker, signal.SIGKILL)  # the master starts another worker; this one's children must go
-        assert eventually(lambda: all(gone(pid) for pid in children)), children
+        assert eventually(lambda: all(gone(pid) for pid in warm)), warm
     finally:
         server.kill()
 
