@@ -123,13 +123,12 @@ def _exactly(sock: socket.socket, n: int) -> bytes | None:
 
 def _answer(sock: socket.socket, work: Work, request: Any, base: int, max_memory: int | None) -> None:
     sock.sendall(STARTED)
-    pending = bytearray()
+    pending = bytearray()  # the answer's bytes not sent yet: sent as one frame every _CHUNK
 
     def emit(data: bytes) -> None:
-        pending.extend(DATA + len(data).to_bytes(8, "big"))
         pending.extend(data)
         if len(pending) >= _CHUNK:
-            sock.sendall(pending)
+            sock.sendall(DATA + len(pending).to_bytes(8, "big") + pending)
             del pending[:]
 
     retire = False
@@ -142,8 +141,8 @@ def _answer(sock: socket.socket, work: Work, request: Any, base: int, max_memory
     if not retire and max_memory is not None:
         retire = _vm_size() > base + max_memory // 2
     payload = pickle.dumps((result, retire), protocol=pickle.HIGHEST_PROTOCOL)
-    pending.extend(END + len(payload).to_bytes(8, "big") + payload)
-    sock.sendall(pending)
+    frames = DATA + len(pending).to_bytes(8, "big") + pending if pending else b""
+    sock.sendall(frames + END + len(payload).to_bytes(8, "big") + payload)
 
 
 def _nothing() -> None:

@@ -249,44 +249,43 @@ class _XmlRows(_Rows):
 
 
 class _JsonRows(_Rows):
-    """One object opened at depth 3 (``{"results": {"bindings": [ {…} ]}}``) per row."""
+    """Rows of Oxigraph's JSON results, counted by the regular expression engine, not byte by byte.
 
-    CODE = re.compile(rb'["{}\[\]]')
-    STRING = re.compile(rb'["\\]')
+    Every value is a string, and a quote inside one is escaped; with the strings taken out, a
+    row (``{"results": {"bindings": [ {…}, {…} ]}}``) is the only object that follows ``[`` or
+    ``,`` directly: a key always sits between ``,`` and the value object of a binding, and the
+    head holds arrays of strings only. A string cut by the end of a chunk is carried over as a
+    state (inside a string, after a backslash), never re-read.
+    """
+
+    STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+    OUTSIDE = re.compile(rb'(?:[^"]++|"(?:[^"\\]++|\\.)*+")*+')  # whole strings and what lies between
+    INSIDE = re.compile(rb'(?:[^"\\]++|\\.)*+')  # the rest of a string, up to its closing quote
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
-        self.depth, self.in_string, self.escaped = 0, False, False
+        self.in_string, self.escaped, self.last = False, False, b""
 
     def feed(self, chunk: bytes) -> None:
-        i, n = 0, len(chunk)
-        if self.escaped and n:
-            self.escaped, i = False, 1
-        while i < n:
-            if self.in_string:
-                found = self.STRING.search(chunk, i)
-                if found is None:
+        pos = 0
+        if self.in_string:
+            if self.escaped:
+                if not chunk:
                     return
-                i = found.end()
-                if found.group() == b'"':
-                    self.in_string = False
-                elif i < n:
-                    i += 1  # the escaped byte
-                else:
-                    self.escaped = True
-                continue
-            found = self.CODE.search(chunk, i)
-            if found is None:
+                pos, self.escaped = 1, False
+            pos = self.INSIDE.match(chunk, pos).end()  # type: ignore[union-attr]
+            if pos >= len(chunk) - 1 and chunk[pos:pos + 1] != b'"':  # still inside, maybe after a backslash
+                self.escaped = chunk[pos:pos + 1] == b"\\"
                 return
-            byte, i = found.group(), found.end()
-            if byte == b'"':
-                self.in_string = True
-            elif byte in (b"{", b"["):
-                if byte == b"{" and self.depth == 3:
-                    self.add(1)
-                self.depth += 1
-            else:
-                self.depth -= 1
+            pos, self.in_string = pos + 1, False
+        end = self.OUTSIDE.match(chunk, pos).end()  # type: ignore[union-attr]
+        between = self.last + self.STRING.sub(b"", chunk[pos:end])
+        self.add(between.count(b",{") + between.count(b"[{"))
+        self.last = between[-1:]
+        if end < len(chunk):  # a string opens and does not close in this chunk
+            self.in_string = True
+            rest = self.INSIDE.match(chunk, end + 1).end()  # type: ignore[union-attr]
+            self.escaped = rest < len(chunk)  # it stopped at a lone backslash, the chunk's last byte
 
 
 def _row_counter(media: str, limit: int) -> _Rows:

@@ -217,3 +217,32 @@ def test_long_queries_do_not_stop_health_in_the_real_server(tmp_path: Path) -> N
             assert health and max(health) < 2.0, health
             assert elapsed < 15, elapsed
             print(f"{len(body)} B x 9: answered {status} in {elapsed:.2f} s; /health max {max(health) * 1000:.0f} ms")
+
+
+def test_json_rows_are_counted_exactly_however_the_answer_is_cut() -> None:
+    """The JSON row counter reads strings by regular expression and carries a cut string over:
+    values full of quotes, backslashes, brackets and ``,{``, cut every few bytes, triple terms, empty rows."""
+    import json
+    import random
+
+    import pyoxigraph as ox
+
+    from kgservice.queryrun import _JsonRows
+
+    pieces = ["a", '"', "\\", "{", "}", "[", "]", ",", ":", "\n", "é", ",{", "[{", '\\"', "\\u0022"]
+    rng = random.Random(7)
+    store = ox.Store()
+    for _ in range(150):
+        values = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(1, 25))]
+        rows = " ".join(f"({json.dumps(v)} {i})" if i % 3 else f"(UNDEF {i})" for i, v in enumerate(values))
+        answers = [store.query(f"SELECT ?x ?y WHERE {{ VALUES (?x ?y) {{ {rows} }} }}"),
+                   store.query('SELECT ?t WHERE { VALUES ?t { <<( <urn:a> <urn:b> "x{,[{" )>> UNDEF } }')]
+        for answer in answers:
+            data = answer.serialize(format=ox.QueryResultsFormat.JSON)
+            expected = len(json.loads(data)["results"]["bindings"])
+            counter, at = _JsonRows(10**9), 0
+            while at < len(data):
+                step = rng.randint(1, 9)
+                counter.feed(data[at:at + step])
+                at += step
+            assert counter.count == expected, data
