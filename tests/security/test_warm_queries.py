@@ -303,3 +303,29 @@ def test_the_keeper_forks_nothing_for_a_store_nobody_queries(pool: QueryPool) ->
     time.sleep(0.2)
     assert pool.pids() == set()
     assert querypool.IDLE_S > 0
+
+
+def test_every_write_to_the_embedded_store_moves_the_generation_on() -> None:
+    """A write outside ``no_fork`` (or ``_writing``, which opens it) would leave warm children answering
+    from the store as it was: every mutating call on a pyoxigraph Store in the store's module is inside one."""
+    import ast
+    import inspect
+
+    from kgservice.stores import oxigraph
+
+    mutating = {"add", "add_graph", "bulk_extend", "bulk_load", "clear", "clear_graph", "extend", "flush", "load",
+                "optimize", "remove", "remove_graph", "update"}
+    tree = ast.parse(inspect.getsource(oxigraph))
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With) and any(
+                isinstance(item.context_expr, ast.Call) and getattr(item.context_expr.func, "attr",
+                                                                     getattr(item.context_expr.func, "id", ""))
+                in ("_writing", "no_fork") for item in node.items):
+            guarded |= {id(inner) for inner in ast.walk(node)}
+    writes = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in mutating and isinstance(node.func.value, ast.Attribute)
+              and node.func.value.attr == "store"]
+    assert writes, "the store's writes were found"
+    unguarded = [f"line {w.lineno}: store.{w.func.attr}" for w in writes if id(w) not in guarded]  # type: ignore[attr-defined]
+    assert not unguarded, unguarded
