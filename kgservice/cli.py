@@ -5,13 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ENGINES, Settings
 from .errors import ESIError, MalformedInput, Problem
-from .security.auth import SCOPES, TokenStore
-from .security.cdsauth import CdsClients
+
+if TYPE_CHECKING:
+    from .security.auth import TokenStore
+    from .security.cdsauth import CdsClients
+
+
+class _Scopes:
+    """The token scopes, read only when a command's arguments need them: ``kgservice serve``
+    starts sooner without importing the token modules before gunicorn forks its worker."""
+
+    def __iter__(self) -> Iterator[str]:
+        from .security.auth import SCOPES
+
+        return iter(sorted(SCOPES))
+
+    def __contains__(self, scope: object) -> bool:
+        from .security.auth import SCOPES
+
+        return scope in SCOPES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(title="token commands")
     tc = tsub.add_parser("create", help="make a token; prints its secret once")
     tc.add_argument("--site", required=True, help="the site (tenant) whose cases the token reaches")
-    tc.add_argument("--scope", required=True, nargs="+", choices=sorted(SCOPES), help="what it may do")
+    tc.add_argument("--scope", required=True, nargs="+", choices=_Scopes(), help="what it may do")
     tc.add_argument("--data-dir", type=Path, help="where tokens.json lives (default: ESI_DATA_DIR or ./data)")
     tc.set_defaults(run=cmd_token_create)
     tr = tsub.add_parser("revoke", help="revoke a token by its id")
@@ -234,6 +252,8 @@ def cmd_docs(args: argparse.Namespace, settings: Settings) -> int:
 def _tokens(args: argparse.Namespace, settings: Settings) -> TokenStore:
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
+    from .security.auth import TokenStore
+
     return TokenStore(settings.tokens_path)
 
 
@@ -267,6 +287,8 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
 def _cds_clients(args: argparse.Namespace, settings: Settings) -> CdsClients:
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
+    from .security.cdsauth import CdsClients
+
     return CdsClients(settings.cds_clients_path)
 
 
