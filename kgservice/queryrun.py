@@ -214,6 +214,36 @@ class _Rows:
         raise NotImplementedError
 
 
+class _Bounded(_Rows):
+    """A counter whose exact reading is dear, read only once a cheap bound passes the limit.
+
+    ``bound(chunk)`` may count more rows than the chunk has, never fewer (every row has a byte
+    ``bound`` counts; strings may add some): while the bound is within the limit, so is the count,
+    and the chunks wait. Past it, every chunk so far is read exactly, and each one after it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.bounded = 0
+        self.waiting: list[bytes] | None = []
+
+    def feed(self, chunk: bytes) -> None:
+        if self.waiting is not None:
+            self.bounded += self.bound(chunk)
+            if self.bounded <= self.limit:
+                self.waiting.append(chunk)
+                return
+            waiting, self.waiting = self.waiting, None
+            for earlier in waiting:
+                self.exact(earlier)
+        self.exact(chunk)
+
+    def bound(self, chunk: bytes) -> int:
+        raise NotImplementedError
+
+    def exact(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+
 class _LineRows(_Rows):
     """TSV (line breaks in values are escaped) and CSV (values with line breaks are quoted):
     one row per line break outside quotes, after the header line."""
@@ -248,7 +278,7 @@ class _XmlRows(_Rows):
         self.tail = data[-(len(self.TAG) - 1):]
 
 
-class _JsonRows(_Rows):
+class _JsonRows(_Bounded):
     """Rows of Oxigraph's JSON results, counted by the regular expression engine, not byte by byte.
 
     Every value is a string, and a quote inside one is escaped; with the strings taken out, a
@@ -264,9 +294,14 @@ class _JsonRows(_Rows):
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
-        self.in_string, self.escaped, self.last = False, False, b""
+        self.in_string, self.escaped, self.last, self.edge = False, False, b"", b""
 
-    def feed(self, chunk: bytes) -> None:
+    def bound(self, chunk: bytes) -> int:
+        """``,{`` and ``[{`` with the strings left in: each row, and whatever a value holds."""
+        data, self.edge = self.edge + chunk, chunk[-1:]
+        return data.count(b",{") + data.count(b"[{")
+
+    def exact(self, chunk: bytes) -> None:
         pos = 0
         if self.in_string:
             if self.escaped:

@@ -227,7 +227,7 @@ def test_json_rows_are_counted_exactly_however_the_answer_is_cut() -> None:
 
     import pyoxigraph as ox
 
-    from kgservice.queryrun import _JsonRows
+    from kgservice.queryrun import RowLimit, _JsonRows
 
     pieces = ["a", '"', "\\", "{", "}", "[", "]", ",", ":", "\n", "é", ",{", "[{", '\\"', "\\u0022"]
     rng = random.Random(7)
@@ -240,9 +240,17 @@ def test_json_rows_are_counted_exactly_however_the_answer_is_cut() -> None:
         for answer in answers:
             data = answer.serialize(format=ox.QueryResultsFormat.JSON)
             expected = len(json.loads(data)["results"]["bindings"])
-            counter, at = _JsonRows(10**9), 0
-            while at < len(data):
-                step = rng.randint(1, 9)
-                counter.feed(data[at:at + step])
-                at += step
-            assert counter.count == expected, data
+            cuts = [0]
+            while cuts[-1] < len(data):
+                cuts.append(cuts[-1] + rng.randint(1, 9))
+            chunks = [data[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+            exact = _JsonRows(10**9)
+            for chunk in chunks:
+                exact.exact(chunk)
+            assert exact.count == expected, data
+            at_cap, over_cap = _JsonRows(expected), _JsonRows(expected - 1)  # the cheap bound, then exact
+            for chunk in chunks:
+                at_cap.feed(chunk)
+            with pytest.raises(RowLimit):
+                for chunk in chunks:
+                    over_cap.feed(chunk)
