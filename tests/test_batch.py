@@ -116,3 +116,15 @@ def test_the_ontology_closure_is_cached_per_version_and_gives_the_same_answers(t
     second = KnowledgeBase.from_settings(settings)  # reads the cache
     assert set(second.reasoner.tbox_closure) == set(first.reasoner.tbox_closure)
     assert [second.answer_json(c) for c in CASES] == [first.answer_json(c) for c in CASES]
+
+
+def test_inputs_with_the_same_case_id_in_one_batch_each_get_their_own_answer(kb: Any, make_case: Any) -> None:
+    """Two clients may send a case with the same id at once (the reasoning workers then batch
+    them together): each input is validated and reasoned as if alone, never mixed with the other."""
+    valid, invalid, other = make_case(id="same"), make_case(id="same", age=12), make_case(id="same", age=70)
+    inputs = [valid, invalid, other, valid, invalid]
+    alone = [kb.process([item])[0] for item in inputs]
+    together = kb.process(inputs)
+    assert [type(r).__name__ for r in together] == ["Outcome", "Problem", "Outcome", "Outcome", "Problem"]
+    assert [r.answer if hasattr(r, "answer") else r.problem() for r in together] == [
+        r.answer if hasattr(r, "answer") else r.problem() for r in alone]

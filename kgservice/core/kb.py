@@ -62,6 +62,24 @@ READERS: dict[str, Reader] = {
 }
 
 
+def _apart(indices: range, read: Sequence[CaseGraph | Problem]) -> list[list[int]]:
+    """The inputs of one batch in parts where no two cases share an IRI, in order: validation and
+    reasoning key a case by its IRI, so two inputs naming the same case (two clients sending the
+    same id at once) go to different parts, each reasoned as if alone."""
+    parts: list[list[int]] = []
+    seen: dict[URIRef, int] = {}
+    for i in indices:
+        item = read[i]
+        layer = 0
+        if isinstance(item, CaseGraph):
+            layer = seen.get(item.iri, 0)
+            seen[item.iri] = layer + 1
+        if layer == len(parts):
+            parts.append([])
+        parts[layer].append(i)
+    return parts
+
+
 def _invalid(case: CaseGraph, violations: list[Violation]) -> InvalidCase:
     """The case's violations, each traced to its origin when the case came from another format."""
     for v in violations:
@@ -157,10 +175,11 @@ class KnowledgeBase:
                 read.append(reader.read(self, reader.decode(item) if isinstance(item, bytes) else item, case_id, site))
             except ESIError as exc:
                 read.append(Problem.of(exc))
-        out: list[Outcome | Problem] = []
+        out: dict[int, Outcome | Problem] = {}
         for start in range(0, len(read), self.max_batch):
-            out.extend(self._reason_part(read[start:start + self.max_batch], answers, graphs))
-        return out
+            for part in _apart(range(start, min(start + self.max_batch, len(read))), read):
+                out.update(zip(part, self._reason_part([read[i] for i in part], answers, graphs), strict=True))
+        return [out[i] for i in range(len(read))]
 
     def _reason_part(self, read: list[CaseGraph | Problem], answers: bool, graphs: bool) -> list[Outcome | Problem]:
         """Check the read cases of one batch in one SHACL run, then reason over the valid ones together."""
