@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, cast
 
 import pyoxigraph as ox
@@ -42,7 +42,8 @@ class CaseGraph:
 
     iri: URIRef
     id: str
-    graph: Graph
+    #: The asserted triples, each once, in the order they were read (a dict as an ordered set).
+    statements: dict[Triple, None]
     contract: Contract
     node_paths: dict[Node, str] = field(default_factory=dict)
     value_paths: dict[Triple, str] = field(default_factory=dict)
@@ -58,11 +59,20 @@ class CaseGraph:
         return origin(self.origins, path)
 
     # The case is read once and then only looked at: validation, reasoning, the answer and
-    # the store each take its triples, and walking an rdflib graph costs ~2 µs a triple.
+    # the store each take its triples. Adding a triple to an rdflib graph costs ~4 µs, and
+    # walking one ~2 µs: the pipeline needs neither, so the graph is built only when asked for.
     @cached_property
     def triples(self) -> tuple[Triple, ...]:
         """The asserted triples, once the case is read."""
-        return tuple(self.graph)
+        return tuple(self.statements)
+
+    @cached_property
+    def graph(self) -> Graph:
+        """The asserted triples as an rdflib graph (for pyshacl and :func:`to_json`)."""
+        graph = Graph()
+        for t in self.statements:
+            graph.add(t)
+        return graph
 
     @cached_property
     def ox_triples(self) -> tuple[ox.Triple, ...]:
@@ -83,7 +93,7 @@ class CaseGraph:
         if name is None:
             return base or "$"
         if value is not None and isinstance(value, URIRef):
-            index = _index_of(self.graph, focus, prop, value)  # type: ignore[arg-type]
+            index = _index_of(self.triples, focus, prop, value)
             if index is not None:
                 return f"{base}.{name}[{index}]".lstrip(".")
         return f"{base}.{name}".lstrip(".")
@@ -119,8 +129,8 @@ def new_case_id() -> str:
     return "case-" + uuid.uuid4().hex[:12]
 
 
-def _index_of(graph: Graph, focus: Node, prop: URIRef, value: URIRef) -> int | None:
-    values = sorted(str(v) for v in graph.objects(focus, prop))
+def _index_of(triples: Iterable[Triple], focus: Node, prop: Node | None, value: URIRef) -> int | None:
+    values = sorted(str(o) for s, p, o in triples if s == focus and p == prop)
     return values.index(str(value)) if str(value) in values else None
 
 
@@ -224,9 +234,8 @@ def from_json(data: Any, contract: Contract, case_id: str | None = None, site: s
         problems.append(Violation("id", f"id in the body ({given_id!r}) differs from the case addressed ({case_id!r})"))
 
     iri = case_iri(case_id, site)
-    graph = Graph()
-    graph.add((iri, RDF.type, contract.case_type))
-    cg = CaseGraph(iri=iri, id=case_id, graph=graph, contract=contract, node_paths={iri: ""}, problems=problems)
+    cg = CaseGraph(iri=iri, id=case_id, statements={(iri, _TYPE, contract.case_type): None}, contract=contract,
+                   node_paths={iri: ""}, problems=problems)
     _map_object(cg, iri, data, contract.fields, path="", ignore={"id"})
     return cg
 
@@ -254,16 +263,16 @@ def _map_object(cg: CaseGraph, node: URIRef, data: dict[str, Any], specs: dict[s
 
 
 def _map_value(cg: CaseGraph, node: URIRef, spec: Spec, value: Any, here: str, key: str, index: int | None) -> None:
-    g = cg.graph
+    g = cg.statements
     kind = spec.kind
     if kind in ("object", "objects"):
         if not isinstance(value, dict):
             cg.problems.append(Violation(here, f"{here} must be a JSON object"))
             return
         child = URIRef(f"{node}/{key.replace('_', '-')}" + (f"/{index}" if index is not None else ""))
-        g.add((node, spec.prop, child))
+        g[(node, spec.prop, child)] = None
         if spec.node_type is not None:
-            g.add((child, RDF.type, spec.node_type))
+            g[(child, _TYPE, spec.node_type)] = None
         cg.node_paths[child] = here
         _map_object(cg, child, value, spec.fields, here)
         return
@@ -273,28 +282,45 @@ def _map_value(cg: CaseGraph, node: URIRef, spec: Spec, value: Any, here: str, k
         return
     if kind in ("code", "codes"):
         term = _code_term(value)
-        g.add((node, spec.prop, term))
+        g[(node, spec.prop, term)] = None
         cg.value_paths[(node, spec.prop, term)] = here
         return
     if kind == "instances":
         child = URIRef(f"{node}/{key.replace('_', '-')}/{index}")
-        g.add((node, spec.prop, child))
+        g[(node, spec.prop, child)] = None
         if isinstance(value, str) and CODE_PATTERN.match(value):
-            g.add((child, RDF.type, ESI[value]))
+            g[(child, _TYPE, _code(value))] = None
         cg.node_paths[child] = here
         return
     term = _literal(value, kind)
-    g.add((node, spec.prop, term))
+    g[(node, spec.prop, term)] = None
     cg.value_paths[(node, spec.prop, term)] = here
 
 
 def _code_term(value: Any) -> Node:
     if isinstance(value, str) and CODE_PATTERN.match(value):
-        return ESI[value]
+        return _code(value)
     return _literal(value, "scalar")
 
 
+@lru_cache(maxsize=4096)
+def _code(value: str) -> URIRef:
+    """The ontology term a code names: the same few hundred codes come in every case, and
+    building the term (IRI checks) cost more than the rest of mapping the value."""
+    return ESI[value]
+
+
+_TYPE = RDF.type  # rdflib builds a term per attribute access
+
+
 def _literal(value: Any, kind: str) -> Literal:
+    return _scalar_literal(kind, type(value).__name__, value)
+
+
+@lru_cache(maxsize=4096)
+def _scalar_literal(kind: str, _type: str, value: Any) -> Literal:
+    """The literal of a JSON scalar, built once: scores, doses and dates repeat from case to
+    case, and rdflib parses every literal it builds. ``_type`` keeps 1, 1.0 and True apart."""
     if isinstance(value, bool):
         return Literal(value)
     if kind == "date" and isinstance(value, str):
@@ -314,7 +340,7 @@ def _literal(value: Any, kind: str) -> Literal:
 
 # -- observations -----------------------------------------------------------------------
 
-def observations(graph: Graph, case: URIRef) -> list[Triple]:
+def observations(triples: Iterable[Triple], case: URIRef) -> list[Triple]:
     """Day offsets: arithmetic only, no judgement.
 
     Each pain score's and diagnostic block's ``esi:daysAfterInjection``, and the case's
@@ -322,19 +348,26 @@ def observations(graph: Graph, case: URIRef) -> list[Triple]:
     scores are responses and their relief are the ontology's rules (``esi:rule-baseline-score``,
     ``esi:rule-relief``).
     """
-    injection = graph.value(case, ESI.hasInjection)
-    injected = _date(graph.value(injection, ESI.performedOn)) if injection is not None else None
+    values: dict[tuple[Node, Node], list[Node]] = {}
+    for s, p, o in triples:
+        values.setdefault((s, p), []).append(o)
+
+    def value(node: Node | None, prop: URIRef) -> Node | None:
+        found = values.get((node, prop)) if node is not None else None
+        return found[0] if found else None
+
+    injected = _date(value(value(case, ESI.hasInjection), ESI.performedOn))
     if injected is None:
         return []
     out: list[Triple] = []
-    for node in graph.objects(case, ESI.hasPainScore):
-        when = _date(graph.value(node, ESI.observedOn))
+    for node in values.get((case, ESI.hasPainScore), ()):
+        when = _date(value(node, ESI.observedOn))
         if when is not None:
             out.append((node, ESI.daysAfterInjection, Literal((when - injected).days)))
     if out:
         out.append((case, ESI.daysSinceInjection, Literal(max(int(cast(Literal, t[2])) for t in out))))
-    for node in graph.objects(case, ESI.hasDiagnosticBlock):
-        if (when := _date(graph.value(node, ESI.performedOn))) is not None:
+    for node in values.get((case, ESI.hasDiagnosticBlock), ()):
+        if (when := _date(value(node, ESI.performedOn))) is not None:
             out.append((node, ESI.daysAfterInjection, Literal((when - injected).days)))
     return out
 

@@ -276,7 +276,7 @@ class KnowledgeBase:
     @staticmethod
     def reasoner_input(case: CaseGraph) -> CaseInput:
         """A valid case as the reasoner takes it: asserted triples plus computed observations."""
-        return CaseInput(case.iri, case.triples, tuple(cases.observations(case.graph, case.iri)))
+        return CaseInput(case.iri, case.triples, tuple(cases.observations(case.triples, case.iri)))
 
     @cached_property
     def vocabulary(self) -> dict[str, dict[str, list[dict[str, str]]]]:

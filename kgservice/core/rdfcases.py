@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import pyoxigraph as ox
-from rdflib import OWL, RDF, RDFS, Graph, Literal, URIRef
+from rdflib import OWL, RDF, RDFS, Literal, URIRef
 from rdflib.term import Node
 
 from ..errors import InvalidCase, MalformedInput, Violation
@@ -70,14 +70,15 @@ def from_rdf(body: bytes, media_type: str, contract: Contract, case_id: str | No
         raise
     for n, node in enumerate(sorted((s for s in reachable if s != original), key=str)):
         rename[node] = URIRef(f"{iri}/node/{n}")
-    graph = Graph()
+    statements: dict[Triple, None] = {}
     for s, p, o in triples:
         if s not in reachable:
             problems.append(Violation("$", f"<{s}> is not part of the case: every statement must be about the "
                                             "case or a node it links to"))
             continue
-        graph.add((rename.get(s, s), p, rename.get(o, o)))
-    cg = CaseGraph(iri=iri, id=case_id, graph=graph, contract=contract, node_paths={iri: ""}, problems=problems)
+        statements[(rename.get(s, s), p, rename.get(o, o))] = None
+    cg = CaseGraph(iri=iri, id=case_id, statements=statements, contract=contract, node_paths={iri: ""},
+                   problems=problems)
     _name_nodes(cg)
     return cg
 
@@ -133,10 +134,13 @@ def _reachable(root: Node, triples: list[Triple]) -> set[Node]:
 def _name_nodes(cg: CaseGraph) -> None:
     """Give nodes of an RDF-born case JSON-like paths, for readable violations."""
     todo: list[tuple[Node, str, dict[str, Spec]]] = [(cg.iri, "", cg.contract.fields)]
+    objects: dict[tuple[Node, Node], list[Node]] = {}
+    for s, p, o in cg.triples:
+        objects.setdefault((s, p), []).append(o)
     while todo:
         node, path, specs = todo.pop()
         for name, spec in specs.items():
-            values = sorted(cg.graph.objects(node, spec.prop), key=str)
+            values = sorted(objects.get((node, spec.prop), ()), key=str)
             for i, value in enumerate(values):
                 here = f"{path}.{name}" if path else name
                 if spec.is_list:

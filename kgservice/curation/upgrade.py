@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import pyoxigraph as ox
-from rdflib import Graph, URIRef
+from rdflib import URIRef
 
 from ..batches import Progress, chunked, map_batches
 from ..config import Settings
 from ..core.cases import CaseGraph, case_id_of
 from ..core.contract import Contract
 from ..core.kb import KnowledgeBase
-from ..core.terms import from_ox, serialized, triple_to_ox
+from ..core.terms import Triple, serialized, triple_from_ox, triple_to_ox
 from ..errors import InvalidCase
 from ..stores.base import Reinferred, SiteStore, open_stores
 
@@ -55,15 +55,14 @@ def stale_cases(store: SiteStore, version: str) -> list[tuple[str, str | None]]:
 def cases_from_nquads(data: bytes, contract: Contract) -> Iterator[CaseGraph]:
     """The cases whose asserted graphs ``data`` holds (each graph is named by its case's IRI;
     inferred graphs, named ``<case IRI>/inferred``, are left out)."""
-    graphs: dict[str, Graph] = {}
+    graphs: dict[str, dict[Triple, None]] = {}
     for quad in ox.parse(data, format=ox.RdfFormat.N_QUADS):
         name = quad.graph_name
         if not isinstance(name, ox.NamedNode) or name.value.endswith("/inferred"):
             continue
-        graphs.setdefault(name.value, Graph()).add((from_ox(quad.subject), from_ox(quad.predicate),
-                                                   from_ox(quad.object)))
-    for iri, graph in graphs.items():
-        yield CaseGraph(iri=URIRef(iri), id=case_id_of(URIRef(iri)), graph=graph, contract=contract)
+        graphs.setdefault(name.value, {})[triple_from_ox(quad)] = None
+    for iri, statements in graphs.items():
+        yield CaseGraph(iri=URIRef(iri), id=case_id_of(URIRef(iri)), statements=statements, contract=contract)
 
 
 # -- worker side -------------------------------------------------------------------------------
