@@ -91,3 +91,13 @@ def test_a_new_field_is_mapped_to_rdf_and_back(changed: Service, make_case: Any)
 def test_the_unchanged_service_refuses_the_new_field(kb: KnowledgeBase, make_case: Any) -> None:
     problems = kb.read_json(make_case(weight_kg=72)).problems
     assert [v.path for v in problems] == ["weight_kg"] and "unknown field" in problems[0].message
+
+
+@pytest.mark.parametrize("first", [1, True, 1.0])
+def test_equal_json_scalars_of_other_types_stay_other_literals(kb: KnowledgeBase, make_case: Any, first: Any) -> None:
+    """Literals are built once per JSON scalar: 1, 1.0 and true are equal in Python, not in RDF."""
+    kb.read_json(make_case(prior_spinal_surgery=first))
+    assert kb.check(kb.read_json(make_case(prior_spinal_surgery=True))) == []
+    for wrong in (1, 1.0):
+        assert [v.path for v in kb.check(kb.read_json(make_case(prior_spinal_surgery=wrong)))] \
+            == ["prior_spinal_surgery"]
