@@ -23,7 +23,7 @@ from ..core.terms import GraphView, Substitutions, Triple, solutions, triples_to
 from ..errors import Conflict, NotFound
 from ..isolation import no_fork
 from ..querypool import QueryPool
-from ..queryrun import Answer, QueryLimits, QueryRun, execute, snapshot
+from ..queryrun import Answer, QueryLimits, QueryRun, execute, warm_up
 from .base import CLOSURE_GRAPH, ONTOLOGY_GRAPH, CaseGraphs, Reinferred, list_pattern
 from .memory import release_freed_memory
 
@@ -84,7 +84,7 @@ class OxigraphSite:
         me = weakref.ref(self)  # not self: the store is closed as soon as this object is dropped
         self._queries = QueryPool(  # a request is (QueryRun, QueryLimits)
             lambda request, started, emit: execute(_alive(me).store, request[0], request[1], started, emit),
-            ready=lambda: snapshot(_alive(me).store))
+            ready=lambda: warm_up(_alive(me).store))
 
     @contextmanager
     def _writing(self, quads: int) -> Iterator[None]:
