@@ -132,7 +132,8 @@ def run(quick: bool) -> str:
     sizes = [BASE * c for c in copies]
     every_case = f"PREFIX esi: <{ESI}> SELECT ?case WHERE {{ ?case a esi:PatientCase }}"
     queries = [{"name": FLOOR, "text": every_case, "bindings": {}},
-               {"name": SORTED, "text": every_case + ' ORDER BY (REPLACE(STR(?case), "^.*/", ""))', "bindings": {}}] + [q for q in _queries(case_iri(7)) if q["name"].startswith("named: ")]
+               {"name": SORTED, "text": every_case + ' ORDER BY (REPLACE(STR(?case), "^.*/", ""))', "bindings": {}},
+               *[q for q in _queries(case_iri(7)) if q["name"].startswith("named: ")]]
     measured = _measure([_copy_store(c) for c in copies], queries, reps, budget)
     (n1, n2), growth = sizes, math.log(sizes[1] / sizes[0])
 
