@@ -35,15 +35,14 @@ from rdflib import OWL, RDF, BNode, Graph, Literal, URIRef
 from rdflib.term import Node
 
 from .core.caseowl import CaseClosure, CompiledRules, Unsupported
+from .core.caserules import RULE_SUPPORT_GRAPH, FactShape, RuleGraphs, RuleNeeds, needs_of
 from .core.explain import Facts, derivations
-from .core.ontology import CASE_BASE, ESI, Ontology
-from .core.terms import Triple, constructed, serialized, triple_to_ox, triples_from_ox, triples_to_ox
+from .core.ontology import CASE_BASE, ESI, Ontology, SparqlRule
+from .core.terms import Triple, serialized, triple_to_ox, triples_from_ox, triples_to_ox
 from .files import write_atomically
 
 #: Cases whose rules run on one in-memory rule store before it is replaced (see _rule_store_for).
 RULE_STORE_RUNS = 500
-#: Where the rule store keeps the ontology facts every rule run sees; each run adds a graph.
-RULE_SUPPORT_GRAPH = ox.NamedNode("urn:esi-kg:rule-support")
 _DROP_TYPES = {OWL.Thing, OWL.NamedIndividual}
 _TYPE, _SAME_AS, _CONCLUDES = RDF.type, OWL.sameAs, ESI.concludes  # rdflib builds a term per attribute access
 
@@ -176,9 +175,13 @@ class Reasoner:
         # (from the axioms as written too: an engine may leave out of its closure what it does not read)
         self.compiled = (CompiledRules.compile([*ontology.tbox, *tbox_closure]) if engine == COMPILED and not reference
                          else None)
-        self._rules = {
-            stratum: [rule for rule in ontology.sparql_rules if rule.stratum == stratum] for stratum in ontology.strata
+        self._rules: dict[int, list[tuple[SparqlRule, RuleNeeds]]] = {
+            stratum: [(rule, needs_of(rule.query)) for rule in ontology.sparql_rules if rule.stratum == stratum]
+            for stratum in ontology.strata
         }
+        self._support_shape = FactShape()
+        for q in self._rule_support:
+            self._support_shape.add_ox(q)
 
     def _closed_tbox(self, cache_dir: Path | None) -> list[Triple]:
         """The OWL 2 RL closure of the ontology alone, computed once per ontology version and
@@ -203,7 +206,7 @@ class Reasoner:
         # What the OWL engine is given per case (and, rarely, about no case in particular).
         given: dict[URIRef, list[Triple]] = {c.iri: [*c.asserted, *c.observations] for c in cases}
         shared: list[Triple] = []
-        graphs = RuleGraphs(self, cases)
+        graphs = RuleGraphs(self._rule_store_for(len(cases)), self._support_shape, [c.iri for c in cases])
         try:
             _add_by_owner(self._run_rules(strata[0], cases, graphs, given), iris, given, shared)
             closed = (CompiledClosures(self, given, shared) if self.compiled is not None
@@ -264,19 +267,17 @@ class Reasoner:
         graph and the ontology's support: a rule's OPTIONAL or NOT EXISTS part is evaluated
         before ``$this`` is joined in, so over a whole batch it grew with the batch (a batch
         of 200 cost 1.8 ms a case; alone, 0.7 ms). The support stays loaded in the rule
-        store: loading it again for every run cost 0.17 ms, measured.
+        store: loading it again for every run cost 0.17 ms, measured. A rule whose needs (see
+        :mod:`kgservice.core.caserules`) a case's facts do not meet is not run on it.
         """
         rules = self._rules.get(stratum, [])
         if not rules:
             return []
         graphs.add(facts)
         produced: list[Triple] = []
-        for rule in rules:
+        for rule, needs in rules:
             for case in cases:
-                graph = graphs.graph[case.iri]
-                new = list(constructed(graphs.store.query(
-                    rule.query, default_graph=[RULE_SUPPORT_GRAPH, graph], named_graphs=[],
-                    substitutions={ox.Variable("this"): ox.NamedNode(str(case.iri))})))
+                new = graphs.run(rule, needs, case.iri)
                 if not new:
                     continue
                 triples = triples_from_ox(new)
@@ -284,31 +285,6 @@ class Reasoner:
                 produced.extend(triples)
                 produced.extend(_record_rule(rule.term.iri, case.iri, triples))
         return produced
-
-
-class RuleGraphs:
-    """Each case's graph in the rule store while its strata run: what it holds is never added twice."""
-
-    def __init__(self, reasoner: Reasoner, cases: Sequence[CaseInput]) -> None:
-        self.store = reasoner._rule_store_for(len(cases))
-        self.graph = {case.iri: ox.BlankNode() for case in cases}
-        self._held: dict[URIRef, set[Triple]] = {case.iri: set() for case in cases}
-
-    def add(self, facts: dict[URIRef, list[Triple]]) -> None:
-        for iri, graph in self.graph.items():
-            held = self._held[iri]
-            new = [t for t in dict.fromkeys(facts.get(iri, ())) if t not in held]
-            held.update(new)
-            self.store.extend(triples_to_ox(new, graph))
-
-    def add_ox(self, iri: URIRef, new: list[ox.Triple], triples: list[Triple]) -> None:
-        graph = self.graph[iri]
-        self.store.extend(ox.Quad(t.subject, t.predicate, t.object, graph) for t in new)
-        self._held[iri].update(triples)
-
-    def close(self) -> None:
-        for graph in self.graph.values():
-            self.store.remove_graph(graph)
 
 
 class EngineClosures:
