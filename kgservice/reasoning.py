@@ -35,7 +35,7 @@ from rdflib import OWL, RDF, BNode, Graph, Literal, URIRef
 from rdflib.term import Node
 
 from .core.caseowl import CaseClosure, CompiledRules, Unsupported
-from .core.caserules import RULE_SUPPORT_GRAPH, FactShape, RuleGraphs, RuleNeeds, needs_of
+from .core.caserules import RULE_SUPPORT_GRAPH, FactShape, RuleGraphs, RuleNeeds, needs_of_rules
 from .core.explain import Facts, derivations
 from .core.ontology import CASE_BASE, ESI, Ontology, SparqlRule
 from .core.terms import Triple, serialized, triple_to_ox, triples_from_ox, triples_to_ox
@@ -175,8 +175,10 @@ class Reasoner:
         # (from the axioms as written too: an engine may leave out of its closure what it does not read)
         self.compiled = (CompiledRules.compile([*ontology.tbox, *tbox_closure]) if engine == COMPILED and not reference
                          else None)
+        needs = needs_of_rules((rule.query for rule in ontology.sparql_rules),
+                               cache_dir / f"rule-needs-{ontology.digest[:16]}.json" if cache_dir else None)
         self._rules: dict[int, list[tuple[SparqlRule, RuleNeeds]]] = {
-            stratum: [(rule, needs_of(rule.query)) for rule in ontology.sparql_rules if rule.stratum == stratum]
+            stratum: [(rule, needs[rule.query]) for rule in ontology.sparql_rules if rule.stratum == stratum]
             for stratum in ontology.strata
         }
         self._support_shape = FactShape()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from rdflib import Literal, URIRef
 
+from kgservice.core import caserules
 from kgservice.core.caserules import NO_NEEDS, RuleGraphs, RuleNeeds, needs_of
 from kgservice.core.kb import KnowledgeBase
 from kgservice.core.ontology import ESI, Ontology
@@ -71,6 +72,19 @@ def test_needs_are_read_from_the_required_part_only(where: str, this_props: set[
 
 def test_an_unreadable_rule_is_always_run() -> None:
     assert needs_of("CONSTRUCT { $this <http://example.org/p> ?x } WHERE { this is not SPARQL }") is NO_NEEDS
+
+
+def test_needs_are_read_once_and_kept(kb: KnowledgeBase, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    queries = [rule.query for rule in kb.ontology.sparql_rules]
+    cache = tmp_path / "cache" / "needs.json"
+    read = caserules.needs_of_rules(queries, cache)
+    assert cache.exists() and any(read.values())
+
+    def unread(query: str) -> RuleNeeds:
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(caserules, "needs_of", unread)
+    assert caserules.needs_of_rules(queries, cache) == read
 
 
 def test_the_shipped_rules_have_needs(kb: KnowledgeBase) -> None:
