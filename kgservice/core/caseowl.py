@@ -41,6 +41,7 @@ _META_TYPES = {OWL.Class, RDFS.Class, OWL.Restriction, OWL.ObjectProperty, OWL.D
                OWL.InverseFunctionalProperty, RDFS.Datatype, OWL.AllDifferent, RDF.List, RDFS.Resource}
 _NAMESPACES = (str(OWL), str(RDFS), str(RDF))
 _XSD = "http://www.w3.org/2001/XMLSchema#"
+_TYPE_IRI = str(TYPE)
 
 
 def _vocabulary(node: Node) -> bool:
@@ -80,6 +81,8 @@ class CompiledRules:
     types: dict[Node, set[Node]] = field(default_factory=dict)
     objects: dict[tuple[Node, Node], set[Node]] = field(default_factory=dict)
     subjects: dict[tuple[Node, Node], set[Node]] = field(default_factory=dict)
+    #: every term of the tables, as the one object the tables hold (see :meth:`CaseClosure.add`)
+    canon: dict[Node, Node] = field(default_factory=dict)
 
     @classmethod
     def compile(cls, closure: Iterable[Triple]) -> CompiledRules | None:
@@ -92,14 +95,21 @@ class CompiledRules:
     def refuses(self, triple: Triple) -> bool:
         """Whether a case fact would be schema (an axiom, a list, an equality): not instance data."""
         s, p, o = triple
-        if p == TYPE:
+        if str(p) == _TYPE_IRI:  # a predicate is an IRI: compared as text, in C
             return _vocabulary(o) and o != THING and o != NAMED
         return _vocabulary(p)
+
+
+#: The terms the rules name in code: each table holds these very objects (compared with ``is``).
+_CONSTANTS = (TYPE, THING, NOTHING, SAME_AS, NAMED)
 
 
 class _Compiler:
     def __init__(self, closure: list[Triple]) -> None:
         self.rules = CompiledRules()
+        canon = self.rules.canon
+        canon.update((c, c) for c in _CONSTANTS)
+        closure = [(canon.setdefault(s, s), canon.setdefault(p, p), canon.setdefault(o, o)) for s, p, o in closure]
         self.by_sp: dict[tuple[Node, Node], list[Node]] = {}
         for s, p, o in closure:
             self.by_sp.setdefault((s, p), []).append(o)
@@ -249,19 +259,24 @@ class CaseClosure:
         self._types: dict[Node, set[Node]] = {}
         self._objects: dict[tuple[Node, Node], set[Node]] = {}
         self._subjects: dict[tuple[Node, Node], set[Node]] = {}
+        self._local: dict[Node, Node] = {c: c for c in _CONSTANTS}  # the case's own terms, one object each
 
     def add(self, facts: Iterable[Triple]) -> None:
         """Add facts and everything they lead to. Raises :class:`Unsupported` (then the closure is
-        unusable) for a fact the compiled rules cannot follow."""
-        todo = list(facts)
+        unusable) for a fact the compiled rules cannot follow.
+
+        Every term is first replaced by the one object the tables (or this case) hold for it,
+        so that lookups find their key by identity and the rules compare terms with ``is``:
+        rdflib compares two equal terms in Python, a microsecond each, thousands a case."""
         r = self.rules
+        todo = [(self._term(s), self._term(p), self._term(o)) for s, p, o in facts]
         for t in todo:
             if r.refuses(t):
                 raise Unsupported(f"{t} is not instance data")
         active = r.active
         while todo:
             s, p, o = t = todo.pop()
-            if p == TYPE:
+            if p is TYPE:
                 if self._put(t):
                     self._on_type(s, o, todo)
             elif p not in active:  # never looked up by a rule: kept, not indexed
@@ -270,6 +285,10 @@ class CaseClosure:
                     self.derived.append(t)
             elif self._put(t):
                 self._on_fact(s, p, o, todo)
+
+    def _term(self, term: Node) -> Node:
+        found = self.rules.canon.get(term)
+        return found if found is not None else self._local.setdefault(term, term)
 
     def has_type(self, node: Node, cls: Node) -> bool:
         return cls in self._types.get(node, ()) or cls in self.rules.types.get(node, ())
@@ -282,7 +301,7 @@ class CaseClosure:
 
     def _put(self, t: Triple) -> bool:
         s, p, o = t
-        if p == TYPE:
+        if p is TYPE:
             if self.has_type(s, o):
                 return False
             self._types.setdefault(s, set()).add(o)
@@ -303,7 +322,7 @@ class CaseClosure:
 
     def _type_rules(self, x: Node, c: Node, todo: list[Triple]) -> None:
         r = self.rules
-        if c == NOTHING or any(self.has_type(x, d) for d in r.disjoint.get(c, ())):
+        if c is NOTHING or any(self.has_type(x, d) for d in r.disjoint.get(c, ())):
             raise Unsupported(f"{x} is inconsistent")  # cls-nothing2, cax-dw, cls-com
         for whole, members in r.intersections.get(c, ()):  # cls-int1
             if all(self.has_type(x, m) for m in members):
@@ -317,8 +336,8 @@ class CaseClosure:
 
     def _on_fact(self, s: Node, p: Node, o: Node, todo: list[Triple]) -> None:
         r = self.rules
-        if p == SAME_AS:
-            if s != o:
+        if p is SAME_AS:
+            if s is not o:
                 raise Unsupported("an equality")
             return
         if p in r.functional and len(self.objects(s, p)) > 1:  # prp-fp
@@ -345,7 +364,7 @@ class CaseClosure:
         for restriction in r.by_value.get((p, o), ()):  # cls-hv2
             todo.append((s, TYPE, restriction))
         for restriction, c in r.some_by_prop.get(p, ()):  # cls-svf1, cls-svf2
-            if c == THING or self.has_type(o, c):
+            if c is THING or self.has_type(o, c):
                 todo.append((s, TYPE, restriction))
         for restriction, c in r.all_by_prop.get(p, ()):  # cls-avf
             if self.has_type(s, restriction):

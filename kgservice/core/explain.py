@@ -16,6 +16,12 @@ from rdflib.term import Node
 from .ontology import CONCLUSION_PROPERTIES, ESI, AllOf, AnyOf, Expr, HasValue, Named, Ontology, SomeValues
 from .terms import Triple
 
+# rdflib builds a new term at every attribute access of a namespace: the loops use these
+_TYPE, _HAS_DERIVATION, _DERIVATION, _CONCLUDES = RDF.type, ESI.hasDerivation, ESI.Derivation, ESI.concludes
+_BY_RULE, _BECAUSE, _PATHWAY, _STATEMENT = ESI.byRule, ESI.because, ESI.hasApplicablePathway, ESI.statement
+#: Reasons in words, as literals: most repeat from case to case, and rdflib takes ~20 µs to make one.
+_SAID: dict[str, Literal] = {}
+
 
 class Facts:
     """A small read-only triple index: membership and ``objects(s, p)``, nothing else.
@@ -64,26 +70,35 @@ def derivations(ontology: Ontology, case: URIRef, facts: Facts) -> Iterator[Trip
             if not isinstance(value, URIRef):
                 continue  # OWL rules conclude named terms only
             for rule in ontology.owl_rules.get((prop, value), ()):
-                if (case, RDF.type, rule.term.iri) not in facts:
+                if (case, _TYPE, rule.term.iri) not in facts:
                     continue
                 matched: list[Triple] = []
                 for condition in rule.conditions:
                     matched.extend(_match(ontology, condition, case, facts, set()) or [])
                 why = URIRef(f"{case}#why-{ontology.term(value).code}")
-                yield case, ESI.hasDerivation, why
-                yield why, RDF.type, ESI.Derivation
-                yield why, ESI.concludes, value
-                yield why, ESI.byRule, rule.term.iri
+                yield case, _HAS_DERIVATION, why
+                yield why, _TYPE, _DERIVATION
+                yield why, _CONCLUDES, value
+                yield why, _BY_RULE, rule.term.iri
                 for text in dict.fromkeys(text for t in matched for text in reasons(ontology, t, facts)):
-                    yield why, ESI.because, Literal(text)
-                if prop == ESI.hasApplicablePathway and (said := _inherited_urgency(ontology, case, value, facts)):
-                    yield why, ESI.because, Literal(said)
+                    yield why, _BECAUSE, _literal(text)
+                if prop == _PATHWAY and (said := _inherited_urgency(ontology, case, value, facts)):
+                    yield why, _BECAUSE, _literal(said)
                 break
+
+
+def _literal(text: str) -> Literal:
+    found = _SAID.get(text)
+    if found is None:
+        if len(_SAID) >= 20_000:  # bounded: texts with a case's numbers in them do not repeat
+            _SAID.clear()
+        found = _SAID[text] = Literal(text)
+    return found
 
 
 def _inherited_urgency(ontology: Ontology, case: URIRef, pathway: URIRef, facts: Facts) -> str | None:
     """The urgency a pathway takes on from the pathway it follows, in the ontology's words."""
-    inherited = ontology.inherited_urgency(pathway, facts.objects(case, ESI.hasApplicablePathway))
+    inherited = ontology.inherited_urgency(pathway, facts.objects(case, _PATHWAY))
     template = ontology.reason_template(ESI.urgencyFollows)
     if inherited is None or template is None:
         return None
@@ -99,20 +114,20 @@ def satisfied(ontology: Ontology, expr: Expr, node: Node, facts: Facts) -> bool:
 def _match(ontology: Ontology, expr: Expr, case: Node, facts: Facts, opened: set[URIRef]) -> list[Triple] | None:
     """The facts that satisfy ``expr`` for ``case``, or None if it is not satisfied."""
     if isinstance(expr, Named):
-        if (case, RDF.type, expr.iri) not in facts:
+        if (case, _TYPE, expr.iri) not in facts:
             return None
         if expr.iri not in opened:
             for sub in ontology.conditions_of(expr.iri):
                 found = _match(ontology, sub, case, facts, opened | {expr.iri})
                 if found is not None:
                     return found
-        return [(case, RDF.type, expr.iri)]
+        return [(case, _TYPE, expr.iri)]
     if isinstance(expr, HasValue):
         t = (case, expr.prop, expr.value)
         return [t] if t in facts else None
     if isinstance(expr, SomeValues):
         hits: list[Triple] = [
-            (case, expr.prop, o) for o in facts.objects(case, expr.prop) if (o, RDF.type, expr.cls) in facts
+            (case, expr.prop, o) for o in facts.objects(case, expr.prop) if (o, _TYPE, expr.cls) in facts
         ]
         return hits or None
     if isinstance(expr, AllOf):
@@ -136,7 +151,7 @@ def reasons(ontology: Ontology, fact: Triple, facts: Facts) -> list[str]:
     case, prop, value = fact
     said = [statement for via in ontology.evidence_properties.get(prop, ())  # type: ignore[call-overload]
             for record in facts.objects(case, via) if facts.points_to(record, value)
-            for statement in facts.objects(record, ESI.statement)]
+            for statement in facts.objects(record, _STATEMENT)]
     text = render(ontology, fact, facts)
     return [f"{text} ({'; '.join(str(s) for s in said)})" if said else text]
 
@@ -144,12 +159,12 @@ def reasons(ontology: Ontology, fact: Triple, facts: Facts) -> list[str]:
 def render(ontology: Ontology, fact: Triple, facts: Facts) -> str:
     """One case fact in words, e.g. ``diagnosis: facet joint arthritis``."""
     _, prop, value = fact
-    if prop == RDF.type:
+    if prop == _TYPE:
         return f"is a {ontology.label(value)}"
     if isinstance(value, Literal):
         text = ("yes" if value.toPython() else "no") if value.datatype == XSD.boolean else str(value)
         return f"{ontology.label(prop)}: {text}"
-    codes = [t for t in facts.objects(value, RDF.type) if ontology.is_code(t)]
+    codes = [t for t in facts.objects(value, _TYPE) if ontology.is_code(t)]
     # The node's own code, not an inferred broader one (lumbar-spinal-stenosis, not spinal-stenosis).
     specific = [c for c in codes if not any(o != c and ontology.is_subclass(o, c) for o in codes)]
     shown = (specific or codes or [value])[0]
