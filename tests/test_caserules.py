@@ -70,6 +70,25 @@ def test_needs_are_read_from_the_required_part_only(where: str, this_props: set[
         == (this_props, props, classes, excluded)
 
 
+@pytest.mark.parametrize(("where", "reads", "classes"), [
+    ("$this ex:a ?x OPTIONAL { ?x ex:b/ex:c ?y } FILTER NOT EXISTS { ?x ^ex:d ?z }", {"a", "b", "c", "d"}, set()),
+    ("{ $this ex:a ?x } UNION { $this ex:b|ex:c+ ?x } MINUS { $this ex:e ?x }", {"a", "b", "c", "e"}, set()),
+    ("?x a ex:C FILTER NOT EXISTS { ?x ex:a ?d . FILTER (?d > 1) }", {"a", "type"}, {"C"}),
+    ("?x a ?c", {"type"}, None),
+    ("?x ex:a/rdf:type ?c", {"a", "type"}, None),
+    ("$this ?p ?x", None, None),
+    ("$this ex:a* ?x", None, None),
+    ("$this !ex:a ?x", None, None),
+    ("GRAPH ?g { $this ex:a ?x }", None, None),
+    ("FILTER NOT EXISTS { $this ex:a ?d . FILTER EXISTS { ?d ?p ?z } }", None, None),
+])
+def test_what_a_rule_reads_is_every_pattern(where: str, reads: set[str] | None, classes: set[str] | None) -> None:
+    found = needs(where.replace("rdf:type", "<http://www.w3.org/1999/02/22-rdf-syntax-ns#type>"))
+    as_names = None if found.reads is None else {n.rsplit("#", 1)[-1] for n in names(found.reads)}
+    assert as_names == reads
+    assert (None if found.read_classes is None else names(found.read_classes)) == classes
+
+
 def test_an_unreadable_rule_is_always_run() -> None:
     assert needs_of("CONSTRUCT { $this <http://example.org/p> ?x } WHERE { this is not SPARQL }") is NO_NEEDS
 
@@ -114,6 +133,28 @@ def test_a_skipped_rule_would_have_concluded_nothing(kb: KnowledgeBase, make_cas
     for case in inputs_of(kb, cases):
         kb.reasoner.infer([case])
     assert len(skipped) >= 5, skipped  # the check above saw real skips
+
+
+@pytest.mark.parametrize("where", [
+    "$this a esi:NonResponder",
+    "$this ?p esi:NonResponder",  # reads every fact
+    "$this a ?c FILTER (?c = esi:NonResponder)",  # reads every class
+])
+def test_a_later_stratum_rule_sees_the_closure_facts_it_names(kb: KnowledgeBase, make_case: Any, where: str) -> None:
+    """Stratum 2 rules get only the closure facts some rule of theirs could match: never one too few."""
+    assert kb.ontology.path is not None
+    rule = f"""
+@prefix esi: <https://w3id.org/esi-kg/ontology#> .
+@prefix sh: <http://www.w3.org/ns/shacl#> .
+esi:rule-test-closure a sh:SPARQLRule ;
+    sh:order 50 ; esi:stratum 2 ; sh:prefixes <https://w3id.org/esi-kg/ontology> ;
+    sh:construct \"\"\"PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>
+      CONSTRUCT {{ $this esi:statement "a non-responder" }} WHERE {{ {where} }}\"\"\" .
+"""
+    reasoner = Reasoner(Ontology.from_turtle(kb.ontology.path.read_bytes() + rule.encode()))
+    case = kb.reasoner_input(kb.read_json(make_case()))  # a primary non-responder
+    inferred = reasoner.infer([case])[case.iri]
+    assert (case.iri, ESI.statement, Literal("a non-responder")) in inferred
 
 
 _RULE = """

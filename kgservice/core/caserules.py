@@ -39,15 +39,17 @@ from typing import Any
 import pyoxigraph as ox
 from pyparsing import ParseResults
 from rdflib import RDF, URIRef, Variable
-from rdflib.paths import InvPath, MulPath, OneOrMore, SequencePath
+from rdflib.paths import AlternativePath, InvPath, MulPath, OneOrMore, SequencePath
+from rdflib.term import Node
 
 from ..files import write_atomically
 from .ontology import SparqlRule
-from .terms import Triple, constructed, triples_to_ox
+from .terms import Triple, constructed, from_ox, to_ox
 
 #: Where the rule store keeps the ontology facts every rule run sees; each run adds a graph.
 RULE_SUPPORT_GRAPH = ox.NamedNode("urn:esi-kg:rule-support")
 _THIS_VAR = ox.Variable("this")
+OxTerm = ox.NamedNode | ox.BlankNode | ox.Literal
 THIS = Variable("this")
 _ONLY_TRIPLES = "esi_only_triples"
 _TYPE = str(RDF.type)
@@ -65,6 +67,9 @@ class RuleNeeds:
     props: frozenset[str] = frozenset()  # ?s p ?x
     classes: frozenset[str] = frozenset()  # ?s a C
     excluded: frozenset[str] = frozenset()  # FILTER NOT EXISTS { $this p ?x }, ?x bound nowhere else
+    #: the predicates of all its patterns, and the classes of its rdf:type ones (None: it may read any)
+    reads: frozenset[str] | None = None
+    read_classes: frozenset[str] | None = None
 
     def met_by(self, facts: FactShape, support: FactShape) -> bool:
         """Whether a case (``facts``) with the rule support might give the rule a solution;
@@ -100,35 +105,99 @@ class FactShape:
 NO_NEEDS = RuleNeeds()
 
 
+@dataclass(frozen=True)
+class Reads:
+    """Which facts some rules can see: a pattern with a fixed predicate matches no other one, so
+    a fact no rule names is left out of the rule graphs (most of an OWL closure, for stratum 2)."""
+
+    props: frozenset[str] | None
+    classes: frozenset[str] | None
+
+    @classmethod
+    def of(cls, rules: Iterable[RuleNeeds]) -> Reads:
+        props: set[str] | None = set()
+        classes: set[str] | None = set()
+        for needs in rules:
+            props = None if props is None or needs.reads is None else props | needs.reads
+            classes = None if classes is None or needs.read_classes is None else classes | needs.read_classes
+        return cls(None if props is None else frozenset(props), None if classes is None else frozenset(classes))
+
+    def wants(self, t: Triple) -> bool:
+        if self.props is None:
+            return True
+        p = str(t[1])
+        if p == _TYPE:
+            return self.classes is None or str(t[2]) in self.classes
+        return p in self.props
+
+
+ALL = Reads(None, None)
+
+
 def _text(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple) -> str:
     return str(term) if isinstance(term, ox.Triple) else term.value
+
+
+class Terms:
+    """rdflib terms and their Oxigraph twins, the ontology's converted once (read-only, shared),
+    a batch's own as they come."""
+
+    def __init__(self, known: Iterable[Node] = ()) -> None:
+        self.ox: dict[Node, OxTerm] = {t: to_ox(t) for t in known}
+        self.rdf: dict[Any, Node] = {o: t for t, o in self.ox.items()}
+
+    def batch(self) -> Terms:
+        """A cache for one batch: the shared one, then the batch's own terms."""
+        mine = Terms()
+        mine.ox, mine.rdf = _Layered(self.ox, to_ox), _Layered(self.rdf, from_ox)  # type: ignore[assignment]
+        return mine
+
+
+class _Layered(dict):  # type: ignore[type-arg]
+    """A dict in front of a shared one, filling itself from ``convert`` on a miss."""
+
+    def __init__(self, shared: dict[Any, Any], convert: Any) -> None:
+        super().__init__()
+        self.shared, self.convert = shared, convert
+
+    def __missing__(self, key: Any) -> Any:
+        found = self.shared.get(key)
+        value = self[key] = found if found is not None else self.convert(key)
+        return value
 
 
 class RuleGraphs:
     """Each case's graph in the rule store while its strata run: what it holds is never added twice."""
 
-    def __init__(self, store: ox.Store, support: FactShape, cases: Sequence[URIRef]) -> None:
+    def __init__(self, store: ox.Store, support: FactShape, cases: Sequence[URIRef], terms: Terms) -> None:
         self.store, self.support = store, support
         self.graph = {iri: ox.BlankNode() for iri in cases}
         self._held: dict[URIRef, set[Triple]] = {iri: set() for iri in cases}
         #: what each case's graph holds, as the rules' needs are checked against it
         self.shape = {iri: FactShape(str(iri)) for iri in cases}
+        self.terms = terms.batch()
 
-    def add(self, facts: dict[URIRef, list[Triple]]) -> None:
+    def add(self, facts: dict[URIRef, list[Triple]], reads: Reads = ALL) -> None:
+        """Add to each case's graph those of its ``facts`` the rules to come ``reads``."""
+        to_ox = self.terms.ox
         for iri, graph in self.graph.items():
             held, shape = self._held[iri], self.shape[iri]
-            new = [t for t in dict.fromkeys(facts.get(iri, ())) if t not in held]
+            new = [t for t in dict.fromkeys(facts.get(iri, ())) if t not in held and reads.wants(t)]
             held.update(new)
             for s, p, o in new:
                 shape.add(str(s), str(p), str(o))
-            self.store.extend(triples_to_ox(new, graph))
+            self.store.extend([ox.Quad(to_ox[s], to_ox[p], to_ox[o], graph) for s, p, o in new])  # type: ignore[arg-type]
 
-    def add_ox(self, iri: URIRef, new: list[ox.Triple], triples: list[Triple]) -> None:
-        graph, shape = self.graph[iri], self.shape[iri]
-        self.store.extend(ox.Quad(t.subject, t.predicate, t.object, graph) for t in new)
+    def add_ox(self, iri: URIRef, new: list[ox.Triple]) -> list[Triple]:
+        """Add what a rule constructed; returns it as rdflib triples."""
+        graph, shape, rdf = self.graph[iri], self.shape[iri], self.terms.rdf
+        self.store.extend([ox.Quad(t.subject, t.predicate, t.object, graph) for t in new])
+        triples = []
         for t in new:
             shape.add_ox(t)
+            triples.append((rdf[t.subject], rdf[t.predicate], rdf[t.object]))
         self._held[iri].update(triples)
+        return triples
 
     def run(self, rule: SparqlRule, needs: RuleNeeds, iri: URIRef) -> list[ox.Triple]:
         """What ``rule`` constructs for case ``iri`` now; nothing, unasked, when its needs are unmet."""
@@ -153,10 +222,13 @@ def needs_of_rules(queries: Iterable[str], cache: Path | None = None) -> dict[st
     for query in queries:
         key = hashlib.sha256(query.encode()).hexdigest()
         if key in kept:
-            out[query] = RuleNeeds(**{name: frozenset(values) for name, values in kept[key].items()})
+            read: dict[str, Any] = {name: None if values is None else frozenset(values)
+                                    for name, values in kept[key].items()}
+            out[query] = RuleNeeds(**read)
         else:
             out[query], missing = needs_of(query), True
-            kept[key] = {f.name: sorted(getattr(out[query], f.name)) for f in fields(RuleNeeds)}
+            kept[key] = {f.name: None if (v := getattr(out[query], f.name)) is None else sorted(v)
+                         for f in fields(RuleNeeds)}
     if cache is not None and missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(cache, json.dumps(kept, sort_keys=True).encode())
@@ -171,14 +243,21 @@ def needs_of(query: str) -> RuleNeeds:
 
     try:
         parsed = parseQuery(query)
-        _mark_exists_groups(parsed)
+        hidden = _mark_exists_groups(parsed)
         algebra = translateQuery(parsed).algebra
     except Exception:  # a text rdflib cannot read is still run by Oxigraph, just never skipped
         return NO_NEEDS
     reading = _Reading()
     reading.walk(algebra)
+    seen = _Seen()
+    reads: frozenset[str] | None
+    read_classes: frozenset[str] | None
+    if not hidden and seen.walk(algebra):
+        reads, read_classes = frozenset(seen.props), None if seen.any_class else frozenset(seen.classes)
+    else:
+        reads = read_classes = None
     return RuleNeeds(frozenset(reading.this_props), frozenset(reading.props), frozenset(reading.classes),
-                     frozenset(reading.excluded))
+                     frozenset(reading.excluded), reads, read_classes)
 
 
 class _Reading:
@@ -216,21 +295,70 @@ class _Reading:
             self.pattern(s, p.path, None)
 
 
-def _mark_exists_groups(node: Any) -> None:
+class _Seen:
+    """Every pattern of a rule, wherever it is; ``walk`` is False if one may match any predicate."""
+
+    def __init__(self) -> None:
+        self.props: set[str] = set()
+        self.classes: set[str] = set()
+        self.any_class = False
+
+    def walk(self, node: Any) -> bool:
+        name = getattr(node, "name", None)
+        if name in ("Graph", "GraphGraphPattern", "ServiceGraphPattern"):
+            return False
+        if name in ("BGP", "TriplesBlock"):
+            flat = [term for row in node["triples"] for term in row]
+            if len(flat) % 3 or not all(self.pattern(flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)):
+                return False
+        return all(self.walk(child) for child in _children(node))
+
+    def pattern(self, p: Any, o: Any) -> bool:
+        if isinstance(p, URIRef):
+            self.props.add(str(p))
+            if str(p) == _TYPE:
+                if isinstance(o, URIRef):
+                    self.classes.add(str(o))
+                else:
+                    self.any_class = True
+            return True
+        if isinstance(p, SequencePath | AlternativePath):
+            return all(self.pattern(link, None) for link in p.args)
+        if isinstance(p, InvPath):
+            return self.pattern(p.arg, None)
+        if isinstance(p, MulPath) and p.mod == OneOrMore:
+            return self.pattern(p.path, None)
+        return False  # a variable, a negated or a possibly empty path: any fact may match
+
+
+def _children(node: Any) -> Iterable[Any]:
+    if isinstance(node, dict):
+        return node.values()
+    if isinstance(node, list | tuple | ParseResults):
+        return list(node)
+    return ()
+
+
+def _mark_exists_groups(node: Any) -> bool:
     """Mark each (NOT) EXISTS group made of triple patterns only. rdflib's translation takes the
     FILTERs out of such a group and leaves it untranslated, so afterwards a group with a FILTER
-    looks like one without."""
+    looks like one without. True if such a FILTER held an EXISTS of its own: its patterns are
+    then out of sight."""
+    hidden = False
     if getattr(node, "name", None) in ("Builtin_EXISTS", "Builtin_NOTEXISTS"):
         group = node["graph"]
         if getattr(group, "name", None) == "GroupGraphPatternSub":
-            group[_ONLY_TRIPLES] = all(getattr(part, "name", None) == "TriplesBlock"
-                                       for part in group.get("part") or ())
-    children = node.values() if isinstance(node, dict) else node if isinstance(node, list | tuple) else ()
-    if isinstance(node, ParseResults):
-        children = list(node)
-    for child in children:
-        if isinstance(child, dict | list | tuple | ParseResults):
-            _mark_exists_groups(child)
+            parts = list(group.get("part") or ())
+            group[_ONLY_TRIPLES] = all(getattr(part, "name", None) == "TriplesBlock" for part in parts)
+            hidden = any(getattr(part, "name", None) == "Filter" and _has_exists(part) for part in parts)
+    for child in _children(node):
+        hidden = _mark_exists_groups(child) or hidden
+    return hidden
+
+
+def _has_exists(node: Any) -> bool:
+    return getattr(node, "name", None) in ("Builtin_EXISTS", "Builtin_NOTEXISTS") or any(
+        _has_exists(child) for child in _children(node))
 
 
 def _conjuncts(expr: Any) -> Iterable[Any]:
