@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -35,8 +36,13 @@ def generated_cases(n: int, prefix: str = "syn", seed: int = 7) -> list[dict[str
         from generator import CaseGenerator
     finally:
         sys.path.remove(str(BENCH))
-    vocabulary = KnowledgeBase.from_settings(Settings()).vocabulary["input"]
-    return list(CaseGenerator(vocabulary, seed=seed).cases(n, prefix))
+    return list(CaseGenerator(_input_vocabulary(), seed=seed).cases(n, prefix))
+
+
+@functools.cache
+def _input_vocabulary() -> dict[str, Any]:
+    """The shipped contract's input codes, read once per test process (a knowledge base takes a second)."""
+    return KnowledgeBase.from_settings(Settings()).vocabulary["input"]  # type: ignore[no-any-return]
 
 
 def store_under_1_0(data_dir: Path, cases: list[dict[str, Any]], site: str = "default",

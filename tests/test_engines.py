@@ -75,9 +75,12 @@ def test_rule_cases_and_vignettes_infer_the_same_graphs_and_answers(
 def test_generated_cases_infer_the_same_graphs_alone_and_in_batches(
         kb: KnowledgeBase, kb_reasonable: KnowledgeBase, generated: list[dict[str, Any]]) -> None:
     inputs = inputs_of(kb, generated)
-    alone = each_alone(kb_reasonable.reasoner, inputs)
-    assert each_alone(kb.reasoner, inputs) == alone
-    assert together(kb.reasoner, inputs) == alone
+    # the reference reasons them as one batch (a third of the time of 300 runs); a batch of the
+    # real engine infers what each case infers alone (every rule case and vignette, above), so a
+    # compiled graph that differs alone or in a batch still fails here
+    reference = together(kb_reasonable.reasoner, inputs)
+    assert each_alone(kb.reasoner, inputs) == reference
+    assert together(kb.reasoner, inputs) == reference
     assert [kb.answer_json(c) for c in generated[:60]] == [kb_reasonable.answer_json(c) for c in generated[:60]]
 
 

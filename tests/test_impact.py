@@ -33,11 +33,12 @@ def with_threshold(source: Path, percent: int, out: Path) -> Path:
     return out
 
 
-@pytest.fixture
-def store(tmp_path: Path, make_case) -> Settings:
-    """A store of 20 generated cases and one provisional responder (62.5 % relief on day 14)."""
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, make_case) -> Settings:
+    """A store of 20 generated cases and one provisional responder (62.5 % relief on day 14),
+    shared by the module's tests: an impact run only reads it (the first test checks that)."""
     cases = [*generated_cases(20), make_case(id="borderline", scores=[(0, 8), (14, 3)])]
-    return store_under_1_0(tmp_path / "data", cases)
+    return store_under_1_0(tmp_path_factory.mktemp("impact") / "data", cases)
 
 
 def by_case(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
