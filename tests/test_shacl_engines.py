@@ -14,15 +14,17 @@ import logging
 import random
 from typing import Any
 
+import pyoxigraph as ox
 import pytest
 from pyshacl import validate as pyshacl_validate
-from rdflib import XSD, BNode, Graph, Literal, URIRef
+from rdflib import RDF, RDFS, XSD, BNode, Graph, Literal, URIRef
 from rdflib.namespace import SH
 
 from kgservice.config import Settings
 from kgservice.core import shacl
 from kgservice.core.kb import KnowledgeBase
 from kgservice.core.ontology import ESI
+from kgservice.core.shaclsparql import SparqlConstraints
 from kgservice.core.validation import CaseValidator, load_shapes
 from kgservice.errors import ESIError
 
@@ -331,3 +333,55 @@ def test_sparql_constraints_give_the_same_run_once_as_per_focus_node(kb: Knowled
     assert {"a date cannot be later than today", "pain_scores needs a baseline: at least one score dated on or "
             "before the injection date"} <= messages
     assert any("baseline score" in m for m in messages)
+
+
+def test_sparql_constraints_find_the_same_focus_nodes_in_the_quads_as_by_their_target_patterns(
+        kb: KnowledgeBase, settings: Settings, make_case) -> None:
+    """Given the store's quads, each constraint's focus nodes are read from them (VALUES, or not
+    run at all when there are none): the same solutions as the target patterns in the query,
+    with a subclass of a target class, a literal where a part belongs, and no part at all."""
+    constraints = SparqlConstraints(load_shapes(settings.shapes_dir / "case.ttl"))
+    future = {"date": "2031-05-05", "score": 0}
+    batch = [kb.read_json(make_case(pain_scores=[{"date": "2020-01-01", "score": 0}, future]), case_id="a"),
+             kb.read_json(make_case(diagnostic_blocks=[{"target": "facet-joint", "date": "2031-01-01",
+                                                         "relief_percent": 80}]), case_id="b")]
+    quads = [q for case in batch for q in case.quads]
+    sub, odd, date = ox.NamedNode("urn:x:SubCase"), ox.NamedNode("urn:x:odd"), ox.NamedNode(str(XSD.date))
+    quads += [ox.Quad(sub, ox.NamedNode(str(RDFS.subClassOf)), ox.NamedNode(str(ESI.PatientCase))),
+              ox.Quad(odd, ox.NamedNode(str(RDF.type)), sub),
+              ox.Quad(odd, ox.NamedNode(str(ESI.hasInjection)), ox.NamedNode("urn:x:odd/injection")),
+              ox.Quad(ox.NamedNode("urn:x:odd/injection"), ox.NamedNode(str(ESI.performedOn)),
+                      ox.Literal("2020-01-01", datatype=date)),
+              ox.Quad(odd, ox.NamedNode(str(ESI.hasDiagnosticBlock)), ox.Literal("2031-01-01", datatype=date)),
+              ox.Quad(odd, ox.NamedNode(str(ESI.hasPainScore)), ox.NamedNode("urn:x:odd/score")),
+              ox.Quad(ox.NamedNode("urn:x:odd/score"), ox.NamedNode(str(ESI.observedOn)),
+                      ox.Literal("2032-02-02", datatype=date))]
+    store = ox.Store()
+    store.extend(quads)
+
+    def solutions(given: list[ox.Quad] | None) -> list[tuple[str, ...]]:
+        return sorted((str(focus), message, shape, *(str(row[v]) for v in ("path", "value") if v in _vars(row)))
+                      for focus, row, message, shape in constraints.results(store, given))
+
+    by_values = solutions(quads)
+    assert by_values == solutions(None)
+    assert {focus for focus, *_ in by_values} >= {"<urn:x:odd>", "<urn:x:odd/score>"}
+    # a case without diagnostic blocks: that constraint has no focus node, and still nothing is missed
+    lone = kb.read_json(make_case(pain_scores=[{"date": "2020-01-01", "score": 3}, future], diagnostic_blocks=[]),
+                        case_id="c")
+    assert not any(p == ESI.hasDiagnosticBlock for _, p, _ in lone.triples)
+    alone = ox.Store()
+    alone.extend(lone.quads)
+    assert sorted(str(f) for f, *_ in constraints.results(alone, list(lone.quads))) \
+        == sorted(str(f) for f, *_ in constraints.results(alone))
+
+
+def _vars(row: ox.QuerySolution) -> set[str]:
+    names = set()
+    for name in ("path", "value"):
+        try:
+            if row[name] is not None:
+                names.add(name)
+        except KeyError:
+            pass
+    return names

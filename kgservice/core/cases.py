@@ -25,7 +25,7 @@ from rdflib.term import Node
 from ..errors import InvalidCase, MalformedInput, Violation
 from .contract import Contract, Spec
 from .ontology import CASE_BASE, ESI, local_name
-from .terms import Triple, triple_to_ox
+from .terms import Triple, triples_to_ox
 
 # \Z, not $: "$" also matches before a final newline, and "p01\n" is no id (nor a code, nor a site).
 # An id is a path segment of /cases/{id}: "." and ".." would name the collection or its parent.
@@ -75,12 +75,14 @@ class CaseGraph:
         return graph
 
     @cached_property
-    def ox_triples(self) -> tuple[ox.Triple, ...]:
-        """The same, as Oxigraph triples."""
-        return tuple(triple_to_ox(t) for t in self.triples)
+    def quads(self) -> tuple[ox.Quad, ...]:
+        """The same, as Oxigraph quads in the default graph: built once, for validation and the answer."""
+        return tuple(triples_to_ox(self.triples, ox.DefaultGraph()))
 
-    def ox_quads(self, graph: ox.NamedNode | ox.BlankNode | ox.DefaultGraph) -> list[ox.Quad]:
-        return [ox.Quad(t.subject, t.predicate, t.object, graph) for t in self.ox_triples]
+    @cached_property
+    def ox_triples(self) -> tuple[ox.Triple, ...]:
+        """The same, as Oxigraph triples (to store them)."""
+        return tuple(q.triple for q in self.quads)
 
     def path_of(self, focus: Node, prop: Node | None, value: Node | None) -> str:
         """The JSON path of a SHACL result (focus node, result path, value node)."""

@@ -28,7 +28,7 @@ from .contract import Contract
 from .media import JSON, RDF_FORMATS, essence
 from .ontology import ESI, Ontology
 from .pathways import AnswerBuilder
-from .terms import GraphView, Triple, triple_to_ox
+from .terms import GraphView, Triple, triples_to_ox
 from .validation import CASE_SHAPES, CaseValidator, load_shapes
 
 
@@ -112,9 +112,14 @@ class Reasoned:
     answer: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
+    def quads(self) -> list[ox.Quad]:
+        """The inferred graph as Oxigraph quads in the default graph (to answer from)."""
+        return list(triples_to_ox(self.inferred, ox.DefaultGraph()))
+
+    @cached_property
     def ox_inferred(self) -> list[ox.Triple]:
-        """The inferred graph as Oxigraph triples (to answer from, and to store)."""
-        return [triple_to_ox(t) for t in self.inferred]
+        """The inferred graph as Oxigraph triples (to store it)."""
+        return [q.triple for q in self.quads]
 
 
 class KnowledgeBase:
@@ -126,6 +131,7 @@ class KnowledgeBase:
         self.validator = CaseValidator(ontology, case_shapes, shacl_engine)
         self.reasoner = Reasoner(ontology, engine, cache_dir=cache_dir)
         self.answers = AnswerBuilder(ontology)
+        self._version_fact = (ESI.ontologyVersion, Literal(ontology.version))
         self.max_case_triples = max_case_triples
         self.max_batch = max_batch
         self.max_case_list_items = max_case_list_items
@@ -265,10 +271,10 @@ class KnowledgeBase:
         out = []
         for case in batch:
             graph = inferred[case.iri]
-            graph.add((case.iri, ESI.ontologyVersion, Literal(self.version)))
+            graph.add((case.iri, *self._version_fact))
             reasoned = Reasoned(case, graph)
             if answers:
-                facts = GraphView.of([*case.ox_triples, *reasoned.ox_inferred])
+                facts = GraphView.of([*case.quads, *reasoned.quads])
                 reasoned.answer = self.answers.answer(facts, case.iri, case.id)
             out.append(reasoned)
         return out

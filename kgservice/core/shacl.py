@@ -299,16 +299,21 @@ class Shapes:
                 yield from self._check(data, v, prop)
 
 
+_TARGET_NODE, _TARGET_CLASS, _TARGET_OBJECTS_OF, _TARGET_SUBJECTS_OF = (
+    SH.targetNode, SH.targetClass, SH.targetObjectsOf, SH.targetSubjectsOf)
+_LANG_STRING, _STRING = RDF.langString, XSD.string
+
+
 def _focus_nodes(data: Data, targets: list[tuple[Node, Node]]) -> list[Node]:
     found: dict[Node, None] = {}
     for kind, value in targets:
-        if kind == SH.targetNode:
+        if kind == _TARGET_NODE:
             found[value] = None
-        elif kind == SH.targetClass:
+        elif kind == _TARGET_CLASS:
             found.update(dict.fromkeys(data.instances(value)))
-        elif kind == SH.targetObjectsOf:
+        elif kind == _TARGET_OBJECTS_OF:
             found.update(dict.fromkeys(o for s in data.subjects_of(value) for o in data.objects(s, value)))
-        elif kind == SH.targetSubjectsOf:
+        elif kind == _TARGET_SUBJECTS_OF:
             found.update(dict.fromkeys(data.subjects_of(value)))
     return list(found)
 
@@ -331,7 +336,7 @@ def _has_datatype(v: Node, datatype: Node) -> bool:
     """SHACL 4.1.2: a literal of that datatype whose lexical form is valid for it."""
     if not isinstance(v, Literal):
         return False
-    actual = v.datatype or (RDF.langString if v.language else XSD.string)
+    actual = v.datatype or (_LANG_STRING if v.language else _STRING)
     return actual == datatype and not v.ill_typed
 
 

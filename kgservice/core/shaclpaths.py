@@ -14,6 +14,9 @@ from rdflib.term import Node
 
 from .terms import Triple
 
+# rdflib builds a new term at every attribute access of a namespace: the hot paths use these.
+_TYPE, _SUBCLASS_OF = RDF.type, RDFS.subClassOf
+
 
 class Unsupported(Exception):
     """The shapes graph uses a SHACL feature this engine does not implement."""
@@ -45,7 +48,7 @@ class Data:
 
     def is_instance(self, node: Node, cls: Node) -> bool:
         """SHACL instance (SHACL 1.4): a type of ``node`` is ``cls`` or one of its subclasses."""
-        todo = list(self.objects(node, RDF.type))
+        todo = list(self.objects(node, _TYPE))
         seen: set[Node] = set()
         while todo:
             c = todo.pop()
@@ -53,19 +56,19 @@ class Data:
                 return True
             if c not in seen:
                 seen.add(c)
-                todo.extend(self.objects(c, RDFS.subClassOf))
+                todo.extend(self.objects(c, _SUBCLASS_OF))
         return False
 
     def instances(self, cls: Node) -> list[Node]:
         classes, todo = {cls}, [cls]
         while todo:
-            for sub in self.subjects(RDFS.subClassOf, todo.pop()):
+            for sub in self.subjects(_SUBCLASS_OF, todo.pop()):
                 if sub not in classes:
                     classes.add(sub)
                     todo.append(sub)
         found: dict[Node, None] = {}
         for c in classes:
-            found.update(dict.fromkeys(self.subjects(RDF.type, c)))
+            found.update(dict.fromkeys(self.subjects(_TYPE, c)))
         return list(found)
 
 

@@ -6,7 +6,9 @@ form, and what ``ox.serialize`` returns when it writes to memory.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 from typing import Any, Protocol, cast
 
 import pyoxigraph as ox
@@ -31,17 +33,30 @@ class Selects(Protocol):
 
 
 def to_ox(term: Node) -> ox.NamedNode | ox.BlankNode | ox.Literal:
+    """The Oxigraph term of an rdflib term, built once for the IRIs and literals that recur
+    (the ontology's terms, the usual scores and dates): each case converts hundreds."""
     if isinstance(term, URIRef):
-        return ox.NamedNode(str(term))
+        return _named(str(term))
+    if isinstance(term, Literal):
+        datatype = term.datatype
+        return _literal(str(term), term.language, str(datatype) if datatype is not None else None)
     if isinstance(term, BNode):
         return ox.BlankNode(_safe_bnode_id(str(term)))
-    if isinstance(term, Literal):
-        if term.language:
-            return ox.Literal(str(term), language=term.language)
-        if term.datatype is not None:
-            return ox.Literal(str(term), datatype=ox.NamedNode(str(term.datatype)))
-        return ox.Literal(str(term))
     raise TypeError(f"not an RDF term: {term!r}")
+
+
+@lru_cache(maxsize=8192)
+def _named(iri: str) -> ox.NamedNode:
+    return ox.NamedNode(iri)
+
+
+@lru_cache(maxsize=8192)
+def _literal(text: str, language: str | None, datatype: str | None) -> ox.Literal:
+    if language:
+        return ox.Literal(text, language=language)
+    if datatype is not None:
+        return ox.Literal(text, datatype=_named(datatype))
+    return ox.Literal(text)
 
 
 def from_ox(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple | ox.DefaultGraph) -> URIRef | BNode | Literal:
@@ -69,6 +84,12 @@ def triple_to_ox(triple: Triple) -> ox.Triple:
 def triples_to_ox(triples: Iterable[Triple],
                   graph: ox.NamedNode | ox.BlankNode | ox.DefaultGraph) -> Iterator[ox.Quad]:
     """rdflib triples as Oxigraph quads in ``graph``."""
+    if isinstance(graph, ox.DefaultGraph):
+        # Without a graph argument: pyoxigraph tries each kind of graph name in turn, and a
+        # default graph, tried last, made a quad cost twice as much to build.
+        for s, p, o in triples:
+            yield ox.Quad(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o))
+        return
     for s, p, o in triples:
         yield ox.Quad(cast(_Subject, to_ox(s)), cast(ox.NamedNode, to_ox(p)), to_ox(o), graph)
 
@@ -97,8 +118,13 @@ def serialized(triples: Iterable[ox.Triple], format: ox.RdfFormat, prefixes: dic
     return cast(bytes, ox.serialize(triples, format=format, prefixes=prefixes))
 
 
+_BNODE_ID = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
 def _safe_bnode_id(value: str) -> str:
-    # Oxigraph blank node ids must be ASCII letters, digits, '_' or '-'.
+    # Oxigraph blank node ids must be letters, digits, "_" or "-"; rdflib's already are.
+    if _BNODE_ID.match(value):
+        return value
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in value) or "b"
 
 
@@ -110,10 +136,10 @@ class GraphView:
         self.graphs = list(graphs) if graphs is not None else None
 
     @classmethod
-    def of(cls, triples: Iterable[ox.Triple]) -> GraphView:
-        """Triples in a store of their own, in memory (a case just reasoned)."""
+    def of(cls, quads: Iterable[ox.Quad]) -> GraphView:
+        """Quads in a store of their own, in memory, as its default graph (a case just reasoned)."""
         store = ox.Store()
-        store.extend(ox.Quad(t.subject, t.predicate, t.object, ox.DefaultGraph()) for t in triples)
+        store.extend(quads)
         return cls(store)
 
     def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions:

@@ -28,6 +28,7 @@ CASE_SHAPES = "case.ttl"
 ONTOLOGY_SHAPES = "ontology-qc.ttl"
 
 log = logging.getLogger(__name__)
+_TYPE, _VIOLATION = RDF.type, SH.Violation  # rdflib builds a term per attribute access
 
 
 @dataclass
@@ -93,7 +94,7 @@ class CaseValidator:
         uses and their superclass chains (a few dozen triples, not the whole ontology)."""
         needed: set[Triple] = set()
         for _, p, o in case:
-            if isinstance(o, URIRef) and (p == RDF.type or o in self._support):
+            if isinstance(o, URIRef) and (p == _TYPE or o in self._support):
                 needed.update(self._support.get(o, ()))
         return needed
 
@@ -117,10 +118,10 @@ class CaseValidator:
             case = cases[index]
             where = case.path_of(focus, path, value)
             found[index].append(Violation(where, message, _named_shape(self.shapes, shape), _shown(case, where, value)))
+        quads = [q for case in cases for q in case.quads]
         store = ox.Store()
-        for case in cases:
-            store.extend(case.ox_quads(ox.DefaultGraph()))
-        for focus_ox, row, message, shape_iri in self._sparql.results(store):
+        store.extend(quads)
+        for focus_ox, row, message, shape_iri in self._sparql.results(store, quads):
             focus = from_ox(focus_ox)
             index = owner.of(focus)
             if index is None:
@@ -139,7 +140,7 @@ class CaseValidator:
         if self._compiled is not None:
             data = shacl.Data(itertools.chain(support, *(case.triples for case in cases)))
             for r in self._compiled.validate(data):
-                if r.severity == SH.Violation:
+                if r.severity == _VIOLATION:
                     yield r.focus, r.path, r.value, r.shape, r.message
             return
         graph = Graph()
