@@ -106,6 +106,19 @@ def test_needs_are_read_once_and_kept(kb: KnowledgeBase, tmp_path: Any, monkeypa
     assert caserules.needs_of_rules(queries, cache) == read
 
 
+def test_needs_kept_by_another_version_of_the_reading_are_read_again(kb: KnowledgeBase, tmp_path: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data dir's cache outlives an upgrade: needs read by older code (which may have had a bug
+    that skipped a rule wrongly) must not decide what runs."""
+    queries = [rule.query for rule in kb.ontology.sparql_rules]
+    cache = tmp_path / "needs.json"
+    caserules.needs_of_rules(queries, cache)
+    wrong = RuleNeeds(classes=frozenset({"urn:nothing-has-this-class"}))
+    monkeypatch.setattr(caserules, "_READER", "an older reader")
+    monkeypatch.setattr(caserules, "needs_of", lambda query: wrong)
+    assert set(caserules.needs_of_rules(queries, cache).values()) == {wrong}
+
+
 def test_the_shipped_rules_have_needs(kb: KnowledgeBase) -> None:
     """The response-category rules stop once a category is there, and the block rules need a block."""
     by_name = {rule.term.iri.removeprefix(str(ESI)): needs_of(rule.query) for rule in kb.ontology.sparql_rules}

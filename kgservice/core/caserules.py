@@ -212,15 +212,21 @@ class RuleGraphs:
             self.store.remove_graph(graph)
 
 
+#: Who read the needs kept in a cache: this module's text, so that needs read by another version
+#: of the reading (a fixed bug, a new SPARQL form) are read again, never trusted.
+_READER = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 def needs_of_rules(queries: Iterable[str], cache: Path | None = None) -> dict[str, RuleNeeds]:
     """The needs of each rule text, kept in ``cache`` (JSON, written whole or not at all): reading
-    the 16 shipped rules costs rdflib 0.4 s, a third of loading the knowledge base."""
+    the 16 shipped rules costs rdflib 0.4 s, a third of loading the knowledge base. An entry is
+    keyed by the rule's text and by the code that read it."""
     kept: dict[str, Any] = {}
     if cache is not None and cache.exists():
         kept = json.loads(cache.read_bytes())
     out, missing = {}, False
     for query in queries:
-        key = hashlib.sha256(query.encode()).hexdigest()
+        key = hashlib.sha256(f"{_READER}\n{query}".encode()).hexdigest()
         if key in kept:
             read: dict[str, Any] = {name: None if values is None else frozenset(values)
                                     for name, values in kept[key].items()}
