@@ -48,13 +48,22 @@ def _in_process(store: Any, q: dict[str, Any]) -> Any:
 def _over_http(conn: http.client.HTTPConnection, token: str, q: dict[str, Any]) -> Any:
     auth = {"Authorization": f"Bearer {token}", "Accept": JSON}
 
-    def once() -> None:
+    def send() -> http.client.HTTPResponse:
         if q["path"]:
             conn.request("GET", q["path"], headers=auth)
         else:
             conn.request("POST", "/sparql", body=q["text"].encode(),
                          headers={**auth, "Content-Type": "application/sparql-query"})
-        response = conn.getresponse()
+        return conn.getresponse()
+
+    def once() -> None:
+        try:
+            response = send()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # gunicorn closes a keep-alive connection idle for 2 s, as it is while a large query
+            # runs in-process on a 100k store; a client sends again on a new connection.
+            conn.close()
+            response = send()
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"{q['name']}: {response.status} {body[:300]!r}")
