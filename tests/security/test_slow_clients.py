@@ -213,6 +213,81 @@ def test_keep_alive_pipelining_chunked_and_100_continue_still_work(server: objec
         sock.close()
 
 
+def _one_answer(sock: socket.socket, timeout: float = 10) -> bytes:
+    """One final response with a Content-Length body, from a kept-alive connection (1xx skipped)."""
+    sock.settimeout(timeout)
+    raw = b""
+    while True:
+        while b"\r\n\r\n" not in raw:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return raw
+            raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 1"):
+            break
+        raw = body
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_kept_alive_connections_that_turn_slow_hold_no_thread(server: object) -> None:
+    """The thread that answered a connection waits briefly for its next request (httpworker's
+    linger); twenty connections whose second request then drips in a byte at a time must not
+    hold the server's eight threads: /health and /pathway are answered meanwhile, and each slow
+    request is answered once it is whole."""
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    socks = [_connect(server) for _ in range(20)]
+    try:
+        for sock in socks:
+            sock.sendall(health)
+            assert _status(_one_answer(sock)) == 200
+        for i in range(len(health) - 1):  # every byte but the last, ~0.1 s apart
+            for sock in socks:
+                sock.send(health[i:i + 1])
+            if i == 5:
+                timings = [_timed(server, "GET", "/health"), _timed(server, "POST", "/pathway", CASE)]
+                assert all(status == 200 for status, _ in timings), timings
+                assert max(elapsed for _, elapsed in timings) < 2.0, timings
+            time.sleep(0.1)
+        for sock in socks:
+            sock.send(health[-1:])
+        assert all(_status(_one_answer(sock)) == 200 for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_second_request_on_a_connection_is_read_as_carefully_as_the_first(server: object) -> None:
+    """After an answer, the next request on the connection is answered right away, gets its
+    100 Continue, and is refused when too large, exactly as a first one."""
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock = _connect(server)
+    try:
+        for _ in range(20):  # back to back, as a SPARQL client sends them
+            sock.sendall(health)
+            assert _status(_one_answer(sock)) == 200
+        sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                     + f"Content-Length: {len(CASE)}\r\n\r\n".encode())
+        sock.settimeout(5)
+        interim = sock.recv(100)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        sock.sendall(CASE)
+        raw = _one_answer(sock)
+        assert _status(raw) == 200 and b'"case": "p08"' in raw, raw[:300]
+        sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        raw = _answer(sock, timeout=5)
+        assert _status(raw) == 413 and b"application/problem+json" in raw, raw[:300]
+    finally:
+        sock.close()
+
+
 def test_the_server_log_has_no_traceback(server: object) -> None:
     assert "Traceback" not in server.stderr()  # type: ignore[attr-defined]
 
