@@ -57,8 +57,9 @@ _CHUNK = 256 * 1024
 _PR_SET_PDEATHSIG = 1
 
 #: What a child runs for each request: ``work(request, started, emit)``, returning a picklable value
-#: (``started()`` once it holds its snapshot of the store, as ``isolation.run_forked_streaming`` says).
-Work = Callable[[Any, Callable[[], None], Callable[[bytes], None]], Any]
+#: (``started()`` once it holds its snapshot of the store, as ``isolation.run_forked_streaming`` says;
+#: None in a warm child, which holds one since it said ready).
+Work = Callable[[Any, Callable[[], None] | None, Callable[[bytes], None]], Any]
 
 
 def warm_main(sock: socket.socket, err: int, parent: int, work: Work, ready: Callable[[], None],
@@ -146,7 +147,7 @@ def _answer(sock: socket.socket, work: Work, request: Any, base: int, max_memory
 
     retire = False
     try:
-        result: Any = ("ok", work(request, _nothing, emit))
+        result: Any = ("ok", work(request, None, emit))  # the store is readable: ready() took a snapshot
     except MemoryError:
         result, retire = failure(MemoryLimit(MEMORY_DETAIL)), True
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
@@ -156,10 +157,6 @@ def _answer(sock: socket.socket, work: Work, request: Any, base: int, max_memory
     payload = pickle.dumps((result, retire), protocol=pickle.HIGHEST_PROTOCOL)
     frames = DATA + len(pending).to_bytes(8, "big") + pending if pending else b""
     sock.sendall(frames + END + len(payload).to_bytes(8, "big") + payload)
-
-
-def _nothing() -> None:
-    pass
 
 
 def _vm_size() -> int:
