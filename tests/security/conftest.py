@@ -246,7 +246,8 @@ def children_of(pid: int | None = None, warm: bool = True) -> dict[int, str]:
     leaves out this process's idle warm query processes (:func:`kgservice.querypool.warm_pids`),
     which wait for the next query by design.
     """
-    ready = set() if warm or pid is not None else querypool.warm_pids()
+    leave_warm_out = not warm and pid is None
+    ready = querypool.warm_pids() if leave_warm_out else set()
     pid = os.getpid() if pid is None else pid
     found = {}
     for entry in os.listdir("/proc"):
@@ -260,4 +261,6 @@ def children_of(pid: int | None = None, warm: bool = True) -> dict[int, str]:
         state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
         if int(ppid) == pid and state != "X" and int(entry) not in ready:
             found[int(entry)] = state
+    if leave_warm_out:  # one the keeper forked while /proc was read is warm too
+        found = {child: state for child, state in found.items() if child not in querypool.warm_pids()}
     return found
