@@ -50,7 +50,7 @@ from .isolation import (
     reap,
     remote_problem,
 )
-from .queryrun import ResponseTooLarge
+from .queryrun import ResponseTooLarge, already_started
 
 READY, REFUSED, STARTED, DATA, END = b"R", b"N", b"S", b"D", b"E"
 _CHUNK = 256 * 1024
@@ -58,8 +58,8 @@ _PR_SET_PDEATHSIG = 1
 
 #: What a child runs for each request: ``work(request, started, emit)``, returning a picklable value
 #: (``started()`` once it holds its snapshot of the store, as ``isolation.run_forked_streaming`` says;
-#: None in a warm child, which holds one since it said ready).
-Work = Callable[[Any, Callable[[], None] | None, Callable[[bytes], None]], Any]
+#: a warm child holds one since it said ready, and passes :func:`queryrun.already_started`).
+Work = Callable[[Any, Callable[[], None], Callable[[bytes], None]], Any]
 
 
 def warm_main(sock: socket.socket, err: int, parent: int, work: Work, ready: Callable[[], None],
@@ -147,7 +147,7 @@ def _answer(sock: socket.socket, work: Work, request: Any, base: int, max_memory
 
     retire = False
     try:
-        result: Any = ("ok", work(request, None, emit))  # the store is readable: ready() took a snapshot
+        result: Any = ("ok", work(request, already_started, emit))  # ready() took a snapshot
     except MemoryError:
         result, retire = failure(MemoryLimit(MEMORY_DETAIL)), True
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a problem
