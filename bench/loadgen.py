@@ -35,7 +35,13 @@ def free_port() -> int:
 
 
 class Server:
-    """``kgservice serve`` in a session of its own (so that its whole process group can be stopped)."""
+    """``kgservice serve`` in a process group of its own (so that the whole group can be stopped).
+
+    Not in a session of its own: with the kernel's scheduler autogroups (on by default), each
+    session shares the CPU equally with every other, so a server in its own session got a whole
+    share under load while the bench's in-process baseline shared the bench's (at 100k cases
+    beside a test suite, the baseline ran the large queries 2x slower than the server did over
+    HTTP, which that would explain)."""
 
     def __init__(self, data_dir: Path, log: Path | None = None, env: dict[str, str] | None = None,
                  cwd: Path | None = None) -> None:
@@ -56,7 +62,7 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kgservice.cli", "serve", "--port", str(self.port),
                  "--data-dir", str(self.data_dir)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, process_group=0, cwd=self.cwd)
         deadline = self.launched + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
