@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     ld.add_argument("--workers", type=int, help="reasoning processes (default: ESI_REASONING_WORKERS or 2)")
     ld.add_argument("--scheduler", metavar="ADDRESS", help="reason on this Dask cluster (tcp://host:8786) "
                                                           "instead of local processes")
+    ld.add_argument("--ingest-quads", type=int, metavar="N",
+                    help="valid cases are stored together once their N-Quads reach N quads (default 500000; "
+                         "the loader's memory grows with N: about 0.8 KB a quad while it stores them)")
     ld.add_argument("--engine", choices=ENGINES)
     ld.set_defaults(run=cmd_load)
 
@@ -191,11 +194,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
+    from .bulk import INGEST_QUADS
     from .bulk import main as load_main
 
     if args.data_dir is not None:
         settings = settings.with_(data_dir=args.data_dir)
-    return load_main(settings, args.path, args.site, max(1, args.batch), args.workers, args.scheduler)
+    ingest = INGEST_QUADS if args.ingest_quads is None else max(1, args.ingest_quads)
+    return load_main(settings, args.path, args.site, max(1, args.batch), args.workers, args.scheduler, ingest)
 
 
 def cmd_reason(args: argparse.Namespace, settings: Settings) -> int:

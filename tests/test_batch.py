@@ -95,6 +95,10 @@ def test_bulk_load_stores_valid_cases_and_reports_the_rest(tmp_path: Path, worke
     assert summary.rejected == 3
     rejected = {r["index"]: r["problem"]["status"] for r in summary.rejections}
     assert rejected == {len(CASES): 422, len(CASES) + 1: 400, len(CASES) + 2: 409}
+    # the data dir did not exist: the loader made it first, so that what the knowledge base derives
+    # once per version was kept there for the workers (and the next load), not derived in each
+    cache = settings.data_dir / "cache"
+    assert len(list(cache.glob("rule-needs-*.json"))) == 1 and len(list(cache.glob("tbox-closure-*.nt"))) == 1
 
     from kgservice.api import create_app
 

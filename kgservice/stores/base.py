@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyoxigraph as ox
@@ -92,8 +93,9 @@ class SiteStore(Protocol):
     def read(self, case_id: str) -> tuple[list[ox.Triple], list[ox.Triple]]:
         """The asserted and the inferred graph of a case; :class:`NotFound` if there is none."""
 
-    def load_nquads(self, data: bytes, cases: int) -> None:
-        """Store ``cases`` whole cases given as N-Quads in the store's graph names, all or none."""
+    def load_nquads(self, data: bytes | Path, cases: int) -> None:
+        """Store ``cases`` whole cases given as N-Quads (bytes, or a file) in the store's graph names,
+        all or none."""
 
     def case_ids(self, category: str | None, pathway: str | None, limit: int, offset: int) -> tuple[list[str], int]:
         """One page of the ids of cases with a category (and the pathway, if given), and how many match."""

@@ -22,6 +22,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pyoxigraph as ox
@@ -239,10 +240,11 @@ class SparqlSite:
             raise NotFound(f"no case {case_id!r}")
         self.client.update(f"DELETE {{ {_OLD} }} WHERE {{ {self._old(graphs)} }}")
 
-    def load_nquads(self, data: bytes, cases: int) -> None:
+    def load_nquads(self, data: bytes | Path, cases: int) -> None:
         """Store a loader's batch of whole cases (N-Quads named as the store names them)."""
         by_case: dict[str, list[ox.Quad]] = {}
-        for quad in ox.parse(data, format=ox.RdfFormat.N_QUADS, lenient=True):
+        source = {"input": data} if isinstance(data, bytes) else {"path": str(data)}
+        for quad in ox.parse(**source, format=ox.RdfFormat.N_QUADS, lenient=True):
             graph = cast(ox.NamedNode, quad.graph_name).value
             by_case.setdefault(graph.removesuffix("/inferred"), []).append(quad)
         for case_graph, quads in by_case.items():
