@@ -77,6 +77,8 @@ class CompiledRules:
     disjoint: dict[Node, set[Node]] = field(default_factory=dict)
     #: the predicates some rule reads; a fact with another one (but rdf:type) concludes nothing
     active: set[Node] = field(default_factory=set)
+    #: the predicates whose subjects some rule looks up by object
+    backward: set[Node] = field(default_factory=set)
     # the closure's facts about individuals, which a case's facts join with
     types: dict[Node, set[Node]] = field(default_factory=dict)
     objects: dict[tuple[Node, Node], set[Node]] = field(default_factory=dict)
@@ -172,6 +174,9 @@ class _Compiler:
         r.active = {SAME_AS, *r.domains, *r.ranges, *r.superprops, *r.inverses, *r.symmetric, *r.transitive,
                     *r.functional, *r.inverse_functional, *r.chains, *(p for p, _ in r.by_value),
                     *r.some_by_prop, *r.all_by_prop}
+        r.backward = {*r.inverse_functional, *r.transitive,
+                      *(link for chain, _, _ in (c for cs in r.chains.values() for c in cs) for link in chain),
+                      *(p for pairs in r.some_by_class.values() for _, p in pairs)}
         r.supers = _transitive(r.supers)
         r.superprops = _transitive(r.superprops)
         if OWL.Thing in r.supers or any(OWL.Thing in ms for _, ms in r.intersections.get(OWL.Thing, ())):
@@ -251,7 +256,11 @@ def _transitive(edges: dict[Node, set[Node]]) -> dict[Node, set[Node]]:
 
 
 class CaseClosure:
-    """The OWL 2 RL closure of one case's facts over the compiled ontology, grown fact by fact."""
+    """The OWL 2 RL closure of one case's facts over the compiled ontology, grown fact by fact.
+
+    Each index of the case starts, the first time the case touches a key, as a copy of the
+    closure's entry for it: a rule then asks one set, not two (and builds no union of them),
+    and subjects are indexed only for the predicates a rule reads backwards."""
 
     def __init__(self, rules: CompiledRules) -> None:
         self.rules = rules
@@ -259,6 +268,7 @@ class CaseClosure:
         self._types: dict[Node, set[Node]] = {}
         self._objects: dict[tuple[Node, Node], set[Node]] = {}
         self._subjects: dict[tuple[Node, Node], set[Node]] = {}
+        self._kept: dict[tuple[Node, Node], set[Node]] = {}  # facts no rule looks up
         self._local: dict[Node, Node] = {c: c for c in _CONSTANTS}  # the case's own terms, one object each
 
     def add(self, facts: Iterable[Triple]) -> None:
@@ -269,20 +279,27 @@ class CaseClosure:
         so that lookups find their key by identity and the rules compare terms with ``is``:
         rdflib compares two equal terms in Python, a microsecond each, thousands a case."""
         r = self.rules
-        todo = [(self._term(s), self._term(p), self._term(o)) for s, p, o in facts]
+        term = self._term
+        todo = [(term(s), term(p), term(o)) for s, p, o in facts]
         for t in todo:
             if r.refuses(t):
                 raise Unsupported(f"{t} is not instance data")
-        active = r.active
+        active, derived, kept = r.active, self.derived, self._kept
         while todo:
             s, p, o = t = todo.pop()
             if p is TYPE:
-                if self._put(t):
-                    self._on_type(s, o, todo)
+                types = self._types_of(s)
+                if o not in types:
+                    types.add(o)
+                    derived.append(t)
+                    self._on_type(s, o, types, todo)
             elif p not in active:  # never looked up by a rule: kept, not indexed
-                if o not in self._objects.setdefault((s, p), set()):
-                    self._objects[(s, p)].add(o)
-                    self.derived.append(t)
+                values = kept.get((s, p))
+                if values is None:
+                    values = kept[(s, p)] = set()
+                if o not in values:
+                    values.add(o)
+                    derived.append(t)
             elif self._put(t):
                 self._on_fact(s, p, o, todo)
 
@@ -290,42 +307,57 @@ class CaseClosure:
         found = self.rules.canon.get(term)
         return found if found is not None else self._local.setdefault(term, term)
 
+    def _types_of(self, node: Node) -> set[Node]:
+        """The node's types so far (the closure's and the case's): the case's own set."""
+        types = self._types.get(node)
+        if types is None:
+            types = self._types[node] = set(self.rules.types.get(node, ()))
+        return types
+
     def has_type(self, node: Node, cls: Node) -> bool:
-        return cls in self._types.get(node, ()) or cls in self.rules.types.get(node, ())
+        types = self._types.get(node)
+        return cls in (types if types is not None else self.rules.types.get(node, ()))
 
     def objects(self, s: Node, p: Node) -> set[Node]:
-        return self._objects.get((s, p), set()) | self.rules.objects.get((s, p), set())
+        found = self._objects.get((s, p))
+        return found if found is not None else self.rules.objects.get((s, p), _NONE)
 
     def subjects(self, p: Node, o: Node) -> set[Node]:
-        return self._subjects.get((o, p), set()) | self.rules.subjects.get((o, p), set())
+        found = self._subjects.get((o, p))
+        return found if found is not None else self.rules.subjects.get((o, p), _NONE)
 
     def _put(self, t: Triple) -> bool:
+        """Record a fact whose predicate some rule reads; False if it was known."""
         s, p, o = t
-        if p is TYPE:
-            if self.has_type(s, o):
-                return False
-            self._types.setdefault(s, set()).add(o)
-        else:
-            if o in self._objects.get((s, p), ()) or o in self.rules.objects.get((s, p), ()):
-                return False
-            self._objects.setdefault((s, p), set()).add(o)
-            self._subjects.setdefault((o, p), set()).add(s)
+        objects = self._objects.get((s, p))
+        if objects is None:
+            objects = self._objects[(s, p)] = set(self.rules.objects.get((s, p), ()))
+        if o in objects:
+            return False
+        objects.add(o)
+        if p in self.rules.backward:
+            subjects = self._subjects.get((o, p))
+            if subjects is None:
+                subjects = self._subjects[(o, p)] = set(self.rules.subjects.get((o, p), ()))
+            subjects.add(s)
         self.derived.append(t)
         return True
 
-    def _on_type(self, x: Node, c: Node, todo: list[Triple]) -> None:
-        self._type_rules(x, c, todo)
+    def _on_type(self, x: Node, c: Node, types: set[Node], todo: list[Triple]) -> None:
+        self._type_rules(x, c, types, todo)
         # cax-sco, cax-eqc, cls-int2, cls-uni: the superclasses are closed, so theirs are among them
         for d in self.rules.supers.get(c, ()):
-            if self._put((x, TYPE, d)):
-                self._type_rules(x, d, todo)
+            if d not in types:
+                types.add(d)
+                self.derived.append((x, TYPE, d))
+                self._type_rules(x, d, types, todo)
 
-    def _type_rules(self, x: Node, c: Node, todo: list[Triple]) -> None:
+    def _type_rules(self, x: Node, c: Node, types: set[Node], todo: list[Triple]) -> None:
         r = self.rules
-        if c is NOTHING or any(self.has_type(x, d) for d in r.disjoint.get(c, ())):
+        if c is NOTHING or not types.isdisjoint(r.disjoint.get(c, ())):
             raise Unsupported(f"{x} is inconsistent")  # cls-nothing2, cax-dw, cls-com
         for whole, members in r.intersections.get(c, ()):  # cls-int1
-            if all(self.has_type(x, m) for m in members):
+            if all(m in types for m in members):
                 todo.append((x, TYPE, whole))
         if (hv := r.has_value.get(c)) is not None:  # cls-hv1
             todo.append((x, hv[0], hv[1]))
@@ -345,10 +377,16 @@ class CaseClosure:
         if p in r.inverse_functional and len(self.subjects(p, o)) > 1:  # prp-ifp
             raise Unsupported(f"{o} is the value of inverse-functional {p} for two subjects")
         # prp-dom, prp-rng (most facts repeat a type their node has: not queued again)
-        todo.extend((s, TYPE, c) for c in r.domains.get(p, ()) if not self.has_type(s, c))
-        todo.extend((o, TYPE, c) for c in r.ranges.get(p, ()) if not self.has_type(o, c))
-        todo.extend((s, q, o) for q in r.superprops.get(p, ()))  # prp-spo1, prp-eqp
-        todo.extend((o, q, s) for q in r.inverses.get(p, ()))  # prp-inv
+        if (domains := r.domains.get(p)) is not None:
+            types = self._types_of(s)
+            todo.extend((s, TYPE, c) for c in domains if c not in types)
+        if (ranges := r.ranges.get(p)) is not None:
+            types = self._types_of(o)
+            todo.extend((o, TYPE, c) for c in ranges if c not in types)
+        if (supers := r.superprops.get(p)) is not None:  # prp-spo1, prp-eqp
+            todo.extend((s, q, o) for q in supers)
+        if (inverses := r.inverses.get(p)) is not None:  # prp-inv
+            todo.extend((o, q, s) for q in inverses)
         if p in r.symmetric:  # prp-symp
             todo.append((o, p, s))
         if p in r.transitive:  # prp-trp
@@ -369,3 +407,6 @@ class CaseClosure:
         for restriction, c in r.all_by_prop.get(p, ()):  # cls-avf
             if self.has_type(s, restriction):
                 todo.append((o, TYPE, c))
+
+
+_NONE: set[Node] = set()  # what an index holds for a key nothing has (never changed)
