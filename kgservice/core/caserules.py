@@ -167,35 +167,49 @@ class _Layered(dict):  # type: ignore[type-arg]
 
 
 class RuleGraphs:
-    """Each case's graph in the rule store while its strata run: what it holds is never added twice."""
+    """Each case's graph in the rule store while its strata run: what it holds is never added twice.
+
+    Writes wait until a query needs them: each write to the in-memory store is a transaction,
+    30–70 µs however few its quads (measured), so the quads of one stratum's facts go in one
+    write, and what a rule constructs for every case goes in one write before the next rule
+    reads any of those cases' graphs."""
 
     def __init__(self, store: ox.Store, support: FactShape, cases: Sequence[URIRef], terms: Terms) -> None:
         self.store, self.support = store, support
         self.graph = {iri: ox.BlankNode() for iri in cases}
+        self._this = {iri: to_ox(iri) for iri in cases}
         self._held: dict[URIRef, set[Triple]] = {iri: set() for iri in cases}
         #: what each case's graph holds, as the rules' needs are checked against it
         self.shape = {iri: FactShape(str(iri)) for iri in cases}
         self.terms = terms.batch()
+        self._pending: list[ox.Quad] = []  # quads not written yet, and the cases they are about
+        self._pending_cases: set[URIRef] = set()
 
     def add(self, facts: dict[URIRef, list[Triple]], reads: Reads = ALL) -> None:
         """Add to each case's graph those of its ``facts`` the rules to come ``reads``."""
         to_ox = self.terms.ox
+        quads = self._pending
         for iri, graph in self.graph.items():
             held, shape = self._held[iri], self.shape[iri]
             new = [t for t in dict.fromkeys(facts.get(iri, ())) if t not in held and reads.wants(t)]
+            if not new:
+                continue
             held.update(new)
             for s, p, o in new:
                 shape.add(str(s), str(p), str(o))
-            self.store.extend([ox.Quad(to_ox[s], to_ox[p], to_ox[o], graph) for s, p, o in new])  # type: ignore[arg-type]
+            quads.extend([ox.Quad(to_ox[s], to_ox[p], to_ox[o], graph) for s, p, o in new])  # type: ignore[arg-type]
+            self._pending_cases.add(iri)
 
     def add_ox(self, iri: URIRef, new: list[ox.Triple]) -> list[Triple]:
         """Add what a rule constructed; returns it as rdflib triples."""
         graph, shape, rdf = self.graph[iri], self.shape[iri], self.terms.rdf
-        self.store.extend([ox.Quad(t.subject, t.predicate, t.object, graph) for t in new])
         triples = []
         for t in new:
-            shape.add_ox(t)
-            triples.append((rdf[t.subject], rdf[t.predicate], rdf[t.object]))
+            s, p, o = t.subject, t.predicate, t.object
+            self._pending.append(ox.Quad(s, p, o, graph))
+            shape.add(_text(s), p.value, _text(o))
+            triples.append((rdf[s], rdf[p], rdf[o]))
+        self._pending_cases.add(iri)
         self._held[iri].update(triples)
         return triples
 
@@ -203,11 +217,15 @@ class RuleGraphs:
         """What ``rule`` constructs for case ``iri`` now; nothing, unasked, when its needs are unmet."""
         if not needs.met_by(self.shape[iri], self.support):
             return []
+        if iri in self._pending_cases:
+            self.store.extend(self._pending)
+            self._pending, self._pending_cases = [], set()
         return list(constructed(self.store.query(
             rule.query, default_graph=[RULE_SUPPORT_GRAPH, self.graph[iri]], named_graphs=[],
-            substitutions={_THIS_VAR: ox.NamedNode(str(iri))})))
+            substitutions={_THIS_VAR: self._this[iri]})))
 
     def close(self) -> None:
+        self._pending, self._pending_cases = [], set()
         for graph in self.graph.values():
             self.store.remove_graph(graph)
 
