@@ -32,17 +32,32 @@ class Selects(Protocol):
     def select(self, query: str, substitutions: Substitutions | None = None) -> ox.QuerySolutions: ...
 
 
+#: Terms converted so far, each way (bounded: a case's own IRIs never come back once it is stored).
+_TO_OX: dict[Node, ox.NamedNode | ox.BlankNode | ox.Literal] = {}
+_FROM_OX: dict[ox.NamedNode | ox.BlankNode | ox.Literal, URIRef | BNode | Literal] = {}
+_CACHED = 50_000
+
+
 def to_ox(term: Node) -> ox.NamedNode | ox.BlankNode | ox.Literal:
-    """The Oxigraph term of an rdflib term, built once for the IRIs and literals that recur
-    (the ontology's terms, the usual scores and dates): each case converts hundreds."""
+    """The Oxigraph term of an rdflib term, built once for each term that recurs (the ontology's
+    terms, the usual scores and dates, a case's nodes from stage to stage): each case converts
+    hundreds, and one built from a term brought back by :func:`from_ox` is that very term."""
+    found = _TO_OX.get(term)
+    if found is not None:
+        return found
     if isinstance(term, URIRef):
-        return _named(str(term))
-    if isinstance(term, Literal):
+        found = _named(str(term))
+    elif isinstance(term, Literal):
         datatype = term.datatype
-        return _literal(str(term), term.language, str(datatype) if datatype is not None else None)
-    if isinstance(term, BNode):
-        return ox.BlankNode(_safe_bnode_id(str(term)))
-    raise TypeError(f"not an RDF term: {term!r}")
+        found = _literal(str(term), term.language, str(datatype) if datatype is not None else None)
+    elif isinstance(term, BNode):
+        found = ox.BlankNode(_safe_bnode_id(str(term)))
+    else:
+        raise TypeError(f"not an RDF term: {term!r}")
+    if len(_TO_OX) >= _CACHED:
+        _TO_OX.clear()
+    _TO_OX[term] = found
+    return found
 
 
 @lru_cache(maxsize=8192)
@@ -60,6 +75,28 @@ def _literal(text: str, language: str | None, datatype: str | None) -> ox.Litera
 
 
 def from_ox(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple | ox.DefaultGraph) -> URIRef | BNode | Literal:
+    """The rdflib term of an Oxigraph term, built once for each term that recurs (rdflib checks
+    every IRI and parses every literal it builds: the rules' numbers and statements repeat)."""
+    found = _FROM_OX.get(term)  # type: ignore[arg-type]
+    if found is not None:
+        return found
+    found = _build_from_ox(term)
+    if len(_FROM_OX) >= _CACHED:
+        _FROM_OX.clear()
+    _FROM_OX[term] = found  # type: ignore[index]
+    if len(_TO_OX) < _CACHED and (not isinstance(found, Literal) or _converts_back(found, term)):
+        _TO_OX.setdefault(found, term)  # type: ignore[arg-type]
+    return found
+
+
+def _converts_back(literal: Literal, term: object) -> bool:
+    """Whether ``literal`` converts back to ``term`` exactly (rdflib may normalise a lexical form)."""
+    datatype = literal.datatype
+    return term == _literal(str(literal), literal.language, str(datatype) if datatype is not None else None)
+
+
+def _build_from_ox(term: ox.NamedNode | ox.BlankNode | ox.Literal | ox.Triple | ox.DefaultGraph
+                   ) -> URIRef | BNode | Literal:
     if isinstance(term, ox.NamedNode):
         return URIRef(term.value)
     if isinstance(term, ox.BlankNode):
