@@ -15,11 +15,12 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import pyoxigraph as ox
 
@@ -52,11 +53,12 @@ class Summary:
     seconds: float = 0.0
     rejections: list[dict[str, Any]] = field(default_factory=list)
     peak_rss_mb: dict[str, int | None] = field(default_factory=dict)
+    cpu_s: dict[str, float | None] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {"loaded": self.loaded, "rejected": self.rejected, "seconds": round(self.seconds, 2),
                 "cases_per_second": round(self.loaded / self.seconds, 1) if self.seconds else None,
-                "peak_rss_mb": self.peak_rss_mb, "rejections": self.rejections}
+                "peak_rss_mb": self.peak_rss_mb, "cpu_s": self.cpu_s, "rejections": self.rejections}
 
 
 def peak_rss_mb() -> dict[str, int | None]:
@@ -67,6 +69,16 @@ def peak_rss_mb() -> dict[str, int | None]:
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"loader": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
             "largest_worker": child // 1024 if child else None}
+
+
+def cpu_seconds() -> dict[str, float | None]:
+    """The CPU time (user + system) of this process so far, all its threads, and of its finished
+    children (the local reasoning workers, once their pool has stopped; None when there was none)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = children.ru_utime + children.ru_stime
+    return {"loader": round(own.ru_utime + own.ru_stime, 2), "workers": round(child, 2) if child else None}
 
 
 def read_items(path: Path) -> Iterator[Item]:
@@ -166,24 +178,36 @@ def in_graph(triples: list[ox.Triple], graph: ox.NamedNode) -> bytes:
 
 
 class Spool:
-    """The N-Quads of valid cases reasoned and not stored yet, in a file, with their ids.
+    """The N-Quads of valid cases reasoned and not stored yet, in files, with their ids.
 
-    :meth:`ingest` stores them in one call, all or none; only then are they counted loaded. The
-    file is in the site's directory for the embedded store (opening it for writing removes a
-    killed load's spool: its cases are not stored, and the next load reasons them again), or a
-    temporary one in the data dir for another store."""
+    Cases are added to one file; :meth:`hand_over` stores it in one call, all or none, in a
+    thread of this process (the bulk loader releases the GIL), while the next cases go to a new
+    file: reasoning goes on while Oxigraph ingests. One ingestion at a time: a hand-over first
+    waits for the one before. Cases count as loaded once stored (:meth:`stored`). The files are
+    in the site's directory for the embedded store (opening it for writing removes a killed
+    load's spool: its cases are not stored, and the next load reasons them again), or temporary
+    ones in the data dir for another store."""
 
     def __init__(self, store: SiteStore, data_dir: Path, max_quads: int) -> None:
         folder = store.spool_dir() if isinstance(store, OxigraphSite) else None
-        if folder is None:
-            folder = data_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix="spool-", suffix=".nq", dir=folder)
-        self.path = Path(name)
-        self._file = os.fdopen(handle, "wb")
+        self.folder = folder if folder is not None else data_dir
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.store = store
         self.max_quads = max_quads
-        self.ids: set[str] = set()
+        self.ids: set[str] = set()  # in the file being written
         self.quads = 0
+        self._path, self._file = self._new_file()
+        self._storing: set[str] = set()  # in the file being ingested
+        self._ingestion: threading.Thread | None = None
+        self._failed: BaseException | None = None
+        self._done = 0  # stored and not yet reported by stored()
+
+    def _new_file(self) -> tuple[Path, IO[bytes]]:
+        handle, name = tempfile.mkstemp(prefix="spool-", suffix=".nq", dir=self.folder)
+        return Path(name), os.fdopen(handle, "wb")
+
+    def __contains__(self, case_id: str) -> bool:
+        return case_id in self.ids or case_id in self._storing
 
     def add(self, case_id: str, nquads: bytes) -> None:
         self._file.write(nquads)
@@ -194,21 +218,52 @@ class Spool:
     def full(self) -> bool:
         return self.quads >= self.max_quads
 
-    def ingest(self, store: SiteStore) -> int:
-        """Store the spooled cases in one call, then empty the spool; returns how many were stored."""
-        stored = len(self.ids)
-        if stored:
-            self._file.flush()  # read back by the store; no fsync: a crash loses only the spool
-            store.load_nquads(self.path, stored)
-            self._file.seek(0)
-            self._file.truncate()
-            self.ids.clear()
-            self.quads = 0
-        return stored
+    def hand_over(self) -> None:
+        """Start storing the cases added so far (after the ingestion before, if any, is done)."""
+        self.wait()
+        if not self.ids:
+            return
+        self._file.close()  # read back by the store; no fsync: a crash loses only the spool
+        path, cases = self._path, len(self.ids)
+        self._storing, self.ids, self.quads = self.ids, set(), 0
+        self._path, self._file = self._new_file()
+        self._ingestion = threading.Thread(target=self._ingest, args=(path, cases), name="esi-kg-ingest")
+        self._ingestion.start()
+
+    def _ingest(self, path: Path, cases: int) -> None:
+        try:
+            self.store.load_nquads(path, cases)
+        except BaseException as exc:  # re-raised by wait(), in the loader's thread
+            self._failed = exc
+        finally:
+            path.unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        """Until the running ingestion, if any, is over; re-raises what made it fail."""
+        if self._ingestion is not None:
+            self._ingestion.join()
+            self._ingestion = None
+            if self._failed is None:
+                self._done += len(self._storing)
+            self._storing = set()
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
+
+    def stored(self) -> int:
+        """How many cases were stored since the last call."""
+        if self._ingestion is not None and not self._ingestion.is_alive():
+            self.wait()
+        done, self._done = self._done, 0
+        return done
 
     def close(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
+        """Wait for the running ingestion; remove the file being written (its cases are not stored)."""
+        try:
+            self.wait()
+        finally:
+            self._file.close()
+            self._path.unlink(missing_ok=True)
 
 
 class Progress:
@@ -271,14 +326,15 @@ def _store_all(settings: Settings, kb: Any, path: Path, site: str, batch_size: i
                 _reject(summary, position, case_id, outcome, keep_rejections)
                 continue
             assert case_id is not None
-            if case_id in spool.ids or store.exists(case_id):
+            if case_id in spool or store.exists(case_id):
                 _reject(summary, position, case_id, {"status": 409, "title": "Conflict",
                                                      "detail": f"case {case_id!r} exists already"}, keep_rejections)
                 continue
             spool.add(case_id, outcome)
             reasoned += 1
         if spool.full:
-            summary.loaded += spool.ingest(store)
+            spool.hand_over()
+        summary.loaded += spool.stored()
         if bar:
             bar.show(summary, reasoned)
 
@@ -291,12 +347,15 @@ def _store_all(settings: Settings, kb: Any, path: Path, site: str, batch_size: i
             for results in map_batches(_reason_job, jobs, n_workers, _init_worker, (settings, not scheduler),
                                        scheduler=scheduler):
                 take(results)
-        summary.loaded += spool.ingest(store)
+        spool.hand_over()
+        spool.wait()
+        summary.loaded += spool.stored()
     finally:
         spool.close()
         stores.close()  # flushes
     summary.seconds = time.perf_counter() - started
     summary.peak_rss_mb = peak_rss_mb()
+    summary.cpu_s = cpu_seconds()
     if bar:
         bar.show(summary, reasoned, final=True)
     return summary

@@ -131,6 +131,7 @@ def test_a_load_killed_mid_way_leaves_whole_cases_and_resumes_storing_none_twice
     assert _contents(killed) == reference
     peak = summary["peak_rss_mb"]
     assert 0 < peak["loader"] < CEILING_MB and 0 < peak["largest_worker"] < CEILING_MB
+    assert summary["cpu_s"]["loader"] > 0 and summary["cpu_s"]["workers"] > 0  # the CPU of each side, said
 
     from kgservice.api import create_app
 
