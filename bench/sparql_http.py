@@ -135,7 +135,7 @@ def _measure_beside(data_dir: Path, baseline: Path, token: str, queries: list[di
     # not refused: the baseline has no cap either. The caps' own cost (counting rows) stays in.
     env = {"ESI_AUTH_REQUIRED": "true", "ESI_REASONING_WORKERS": "1", "ESI_QUERY_TIMEOUT_S": "300",
            "ESI_QUERY_MAX_ROWS": "100000000", "ESI_QUERY_MAX_RESPONSE_BYTES": str(4 << 30),
-           "ESI_QUERY_MAX_MEMORY_MB": "8192"}
+           "ESI_QUERY_MAX_MEMORY_MB": "20480"}
     with Server(data_dir, env=env) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
         _over_http(conn, token, EXTRA[0])()  # the server's store is open and its ontology current
