@@ -63,6 +63,17 @@ def _status(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else 0
 
 
+def _send_after_continue(sock: socket.socket, headers: bytes = b"") -> None:
+    """POST the case with ``Expect: 100-continue``: its head, then (asserted) the server's 100
+    Continue, then the body."""
+    sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                 + f"Content-Length: {len(CASE)}\r\n".encode() + headers + b"\r\n")
+    sock.settimeout(5)
+    interim = sock.recv(100)
+    assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+    sock.sendall(CASE)
+
+
 def _timed(server: object, method: str, path: str, body: bytes | None = None) -> tuple[int, float]:
     start = time.monotonic()
     reply = server.request(method, path, body, headers={"Content-Type": "application/json"},  # type: ignore[attr-defined]
@@ -201,12 +212,7 @@ def test_keep_alive_pipelining_chunked_and_100_continue_still_work(server: objec
 
     sock = _connect(server)
     try:
-        sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
-                     + f"Content-Length: {len(CASE)}\r\nConnection: close\r\n\r\n".encode())
-        sock.settimeout(5)
-        interim = sock.recv(100)
-        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
-        sock.sendall(CASE)
+        _send_after_continue(sock, b"Connection: close\r\n")
         raw = _answer(sock)
         assert b"HTTP/1.1 200" in raw and b'"case": "p08"' in raw, raw[:300]
     finally:
@@ -273,12 +279,7 @@ def test_a_second_request_on_a_connection_is_read_as_carefully_as_the_first(serv
         for _ in range(20):  # back to back, as a SPARQL client sends them
             sock.sendall(health)
             assert _status(_one_answer(sock)) == 200
-        sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
-                     + f"Content-Length: {len(CASE)}\r\n\r\n".encode())
-        sock.settimeout(5)
-        interim = sock.recv(100)
-        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
-        sock.sendall(CASE)
+        _send_after_continue(sock)
         raw = _one_answer(sock)
         assert _status(raw) == 200 and b'"case": "p08"' in raw, raw[:300]
         sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
