@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import breakdown  # noqa: E402
 import cds_hooks  # noqa: E402
 import growth  # noqa: E402
 import http_api  # noqa: E402
@@ -29,6 +30,7 @@ import store_size  # noqa: E402
 
 BENCHMARKS = {
     "pipeline": pipeline.run,  # 2. pathway in-process
+    "breakdown": breakdown.run,  # 2. and 4. where a case's time goes (the profile behind them)
     "http": http_api.run,  # 2. pathway and POST /cases over HTTP
     "ingest": ingest.run,  # 4. bulk ingest (its store is reused below)
     "store_size": store_size.run,  # 3. flat with store size
