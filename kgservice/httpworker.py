@@ -67,6 +67,7 @@ class _Incoming:
     chunk_at: int = 0  # chunked: where the next chunk's size line starts
     chunked_total: int = 0
     may_continue: bool = True  # may answer Expect: 100-continue (the event loop does, a lingering thread not)
+    expects: bool = False  # its head has Expect: 100-continue (answered here, or moot: the body is in)
 
 
 def _framing(head: bytes) -> tuple[int | None, bool, bool]:
@@ -91,6 +92,32 @@ def _framing(head: bytes) -> tuple[int | None, bool, bool]:
     if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
         raise _Refuse(400, "Bad Request", "Content-Length must be one decimal number")
     return (int(next(iter(lengths))) if lengths else 0), False, expect
+
+
+def _unread(incoming: _Incoming, whole: bool) -> None:
+    """Give what was read back to gunicorn's parser; a whole request without its Expect field."""
+    data = bytes(incoming.buffer)
+    if whole and incoming.expects and incoming.body_start is not None:
+        data = _without_expect(data, incoming.body_start)
+    incoming.conn.parser.unreader.unread(data)
+
+
+def _without_expect(request: bytes, body_start: int) -> bytes:
+    """``request`` without the ``Expect: 100-continue`` field of its head (the head ends at
+    ``body_start``). This worker has answered it already, or the body came with the head; left
+    in, gunicorn would send a second ``100 Continue`` (a late one, before the final answer).
+
+    >>> _without_expect(b"POST / HTTP/1.1\\r\\nExpect: 100-Continue\\r\\nHost: x\\r\\n\\r\\nbody", 46)
+    b'POST / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\nbody'
+    """
+    lines = request[:body_start - 4].split(b"\r\n")
+    kept = [lines[0]] + [line for line in lines[1:] if not _is_expect_continue(line)]
+    return b"\r\n".join(kept) + request[body_start - 4:]
+
+
+def _is_expect_continue(line: bytes) -> bool:
+    name, _, value = line.partition(b":")
+    return name.strip().lower() == b"expect" and value.strip().lower() == b"100-continue"
 
 
 class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -129,7 +156,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             incoming = _Incoming(conn, time.monotonic() + LINGER_S, bytearray(conn.parser.unreader.take_buffered()),
                                  may_continue=False)
             whole = self._read_ahead(incoming)
-            conn.parser.unreader.unread(bytes(incoming.buffer))
+            _unread(incoming, whole)
             return whole
         finally:
             with self.linger_lock:
@@ -226,7 +253,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             if length is not None and length > self.max_body:
                 raise _Refuse(413, "Payload Too Large", f"the body may be at most {self.max_body} bytes")
             incoming.body_start = incoming.chunk_at = end + 4
-            incoming.length = length
+            incoming.length, incoming.expects = length, expect
             incoming.deadline = time.monotonic() + self.body_timeout
             done = self._body_done(incoming)
             if expect and not done and not incoming.may_continue:
@@ -273,7 +300,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn = self._forget(incoming)
         conn.sock.setblocking(True)
         conn.init()
-        conn.parser.unreader.unread(bytes(incoming.buffer))
+        _unread(incoming, whole=True)
         conn.data_ready = True
         conn.esi_complete = True
         super().enqueue_req(conn)

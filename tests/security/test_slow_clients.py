@@ -215,12 +215,24 @@ def test_keep_alive_pipelining_chunked_and_100_continue_still_work(server: objec
         _send_after_continue(sock, b"Connection: close\r\n")
         raw = _answer(sock)
         assert b"HTTP/1.1 200" in raw and b'"case": "p08"' in raw, raw[:300]
+        assert b"100 Continue" not in raw, raw[:300]  # one interim answer, not a second from gunicorn
+    finally:
+        sock.close()
+
+    sock = _connect(server)  # the body sent with the head: no 100 Continue at all (it would come late)
+    try:
+        sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(CASE)}\r\n\r\n".encode() + CASE)
+        raw = _answer(sock)
+        assert raw.startswith(b"HTTP/1.1 200") and b'"case": "p08"' in raw, raw[:300]
     finally:
         sock.close()
 
 
-def _one_answer(sock: socket.socket, timeout: float = 10) -> bytes:
-    """One final response with a Content-Length body, from a kept-alive connection (1xx skipped)."""
+def _one_answer(sock: socket.socket, timeout: float = 10, skip_interim: bool = True) -> bytes:
+    """One final response with a Content-Length body, from a kept-alive connection (1xx skipped,
+    unless ``skip_interim`` is False: then a 1xx is what comes back, with the rest after it)."""
     sock.settimeout(timeout)
     raw = b""
     while True:
@@ -232,6 +244,8 @@ def _one_answer(sock: socket.socket, timeout: float = 10) -> bytes:
         head, _, body = raw.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 1"):
             break
+        if not skip_interim:
+            return raw
         raw = body
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
@@ -282,6 +296,11 @@ def test_a_second_request_on_a_connection_is_read_as_carefully_as_the_first(serv
         _send_after_continue(sock)
         raw = _one_answer(sock)
         assert _status(raw) == 200 and b'"case": "p08"' in raw, raw[:300]
+        # the body with its head: the lingering thread takes it whole, and no late 100 Continue comes
+        sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\n" + f"Content-Length: {len(CASE)}\r\n\r\n".encode() + CASE)
+        raw = _one_answer(sock, skip_interim=False)
+        assert raw.startswith(b"HTTP/1.1 200") and b'"case": "p08"' in raw, raw[:300]
         sock.sendall(b"POST /pathway HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
         raw = _answer(sock, timeout=5)
         assert _status(raw) == 413 and b"application/problem+json" in raw, raw[:300]
