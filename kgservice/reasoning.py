@@ -99,11 +99,20 @@ def closing_engine(engine: str) -> str:
 
 
 class TBoxFile:
-    """The ontology's logical axioms, kept as a Turtle file for engines that read files."""
+    """The ontology's logical axioms, kept as a Turtle file for engines that read files.
 
-    def __init__(self, triples: Sequence[Triple], digest: str, name: str = "tbox") -> None:
+    With a ``directory`` (the data dir's cache) the file is named by the ontology's digest and
+    kept there, shared by every process of that data dir, like the other things derived once
+    per ontology version. Without one it is a temporary file of this process, removed at its
+    exit: a process killed, or a forked worker leaving by ``os._exit``, would leave one behind
+    in the temporary directory each time."""
+
+    def __init__(self, triples: Sequence[Triple], digest: str, name: str = "tbox",
+                 directory: Path | None = None) -> None:
         self.triples = tuple(triples)
-        self._path = Path(tempfile.gettempdir()) / f"esi-kg-{name}-{digest[:16]}-{os.getpid()}.ttl"
+        self._kept = directory is not None
+        self._path = (directory / f"{name}-{digest[:16]}.ttl" if directory is not None
+                      else Path(tempfile.gettempdir()) / f"esi-kg-{name}-{digest[:16]}-{os.getpid()}.ttl")
         self._lock = threading.Lock()
 
     def path(self) -> Path:
@@ -113,10 +122,12 @@ class TBoxFile:
                     graph = Graph()
                     for t in self.triples:
                         graph.add(t)
-                    partial = self._path.with_suffix(f".{threading.get_ident()}.part")
+                    self._path.parent.mkdir(parents=True, exist_ok=True)
+                    partial = self._path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
                     graph.serialize(partial, format="turtle", encoding="utf-8")
-                    os.replace(partial, self._path)
-                    atexit.register(self._path.unlink, missing_ok=True)
+                    os.replace(partial, self._path)  # whole or not at all, for the other processes too
+                    if not self._kept:
+                        atexit.register(self._path.unlink, missing_ok=True)
         return self._path
 
 
@@ -151,8 +162,9 @@ class Reasoner:
         self.engine = engine
         #: the engine that closes the ontology (and the cases the compiled rules cannot follow)
         self.closing_engine = closing_engine(engine)
-        self._tbox = TBoxFile(ontology.tbox, ontology.digest)
-        self._case_tbox = self._tbox if reference else TBoxFile(ontology.case_tbox, ontology.digest, "case-tbox")
+        self._tbox = TBoxFile(ontology.tbox, ontology.digest, directory=cache_dir)
+        self._case_tbox = self._tbox if reference else TBoxFile(ontology.case_tbox, ontology.digest, "case-tbox",
+                                                                directory=cache_dir)
         self.reference = reference
         self._session = ENGINES[self.closing_engine]
         tbox_closure = self._closed_tbox(cache_dir)

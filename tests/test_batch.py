@@ -122,6 +122,28 @@ def test_the_ontology_closure_is_cached_per_version_and_gives_the_same_answers(t
     assert [second.answer_json(c) for c in CASES] == [first.answer_json(c) for c in CASES]
 
 
+def test_the_tbox_files_the_engines_read_are_kept_in_the_cache_not_left_in_the_temp_dir(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A data dir's processes share one TBox file per ontology version in its cache; before, each
+    process wrote its own to the temporary directory and a killed one left it there."""
+    import tempfile
+
+    from kgservice.core.kb import KnowledgeBase
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    (tmp_path / "data").mkdir()
+    settings = Settings(data_dir=tmp_path / "data", engine="reasonable")
+    kb = KnowledgeBase.from_settings(settings)
+    answer = kb.answer_json(CASES[0])  # reasonable reads the case TBox file
+    path = kb.reasoner.case_tbox_file
+    assert path.parent == tmp_path / "data" / "cache" and path.exists() and kb.version.split("+")[1] in path.name
+    assert list(temp.iterdir()) == []
+    assert KnowledgeBase.from_settings(settings).reasoner.case_tbox_file == path  # the next process: the same file
+    assert KnowledgeBase.from_settings(settings).answer_json(CASES[0]) == answer
+
+
 def test_inputs_with_the_same_case_id_in_one_batch_each_get_their_own_answer(kb: Any, make_case: Any) -> None:
     """Two clients may send a case with the same id at once (the reasoning workers then batch
     them together): each input is validated and reasoned as if alone, never mixed with the other."""
