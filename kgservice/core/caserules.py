@@ -16,6 +16,10 @@ facts, would get no solution: :meth:`RuleNeeds.met_by` says so before the query 
 Anything the reading does not know (a variable predicate, an alternative path, ``GRAPH``,
 ``VALUES``, an aggregate) adds no need: the rule then simply runs.
 
+In a batch of cases, a rule is one query for all of them where that is sure to conclude what
+it concludes on each case alone (:func:`batched_rule`): each case graph then holds a copy of
+the support and a quad naming its case, and the query reads each graph on its own.
+
 >>> needs = needs_of('''PREFIX ex: <http://example.org/>
 ... CONSTRUCT { $this ex:flagged true } WHERE {
 ...   $this ex:hasScore/ex:value ?v . ?c a ex:Threshold . OPTIONAL { $this ex:note ?n }
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -184,6 +189,18 @@ class RuleGraphs:
         self.terms = terms.batch()
         self._pending: list[ox.Quad] = []  # quads not written yet, and the cases they are about
         self._pending_cases: set[URIRef] = set()
+        #: whether each case graph holds the rule support too (see add_support)
+        self.support_copied = False
+
+    def add_support(self, support: Sequence[ox.Triple]) -> None:
+        """Put ``support`` (what the rules read of it) in each case graph, and the quad that
+        names the graph's case, for the rules' batched queries (see :class:`BatchedRule`),
+        in the write of the cases' first facts."""
+        for iri, graph in self.graph.items():
+            self._pending.extend([ox.Quad(t.subject, t.predicate, t.object, graph) for t in support])
+            self._pending.append(ox.Quad(RULE_CASE_MARKER, RULE_CASE_MARKER, self._this[iri], graph))
+            self._pending_cases.add(iri)
+        self.support_copied = True
 
     def add(self, facts: dict[URIRef, list[Triple]], reads: Reads = ALL) -> None:
         """Add to each case's graph those of its ``facts`` the rules to come ``reads``."""
@@ -218,11 +235,28 @@ class RuleGraphs:
         if not needs.met_by(self.shape[iri], self.support):
             return []
         if iri in self._pending_cases:
-            self.store.extend(self._pending)
-            self._pending, self._pending_cases = [], set()
+            self._write()
+        # a case graph with its own copy of the support is read alone: the union of the two
+        # would give each support fact twice
+        graphs: list[ox.NamedNode | ox.BlankNode | ox.DefaultGraph] = (
+            [self.graph[iri]] if self.support_copied else [RULE_SUPPORT_GRAPH, self.graph[iri]])
         return list(constructed(self.store.query(
-            rule.query, default_graph=[RULE_SUPPORT_GRAPH, self.graph[iri]], named_graphs=[],
-            substitutions={_THIS_VAR: self._this[iri]})))
+            rule.query, default_graph=graphs, named_graphs=[], substitutions={_THIS_VAR: self._this[iri]})))
+
+    def run_batched(self, rule: BatchedRule, iris: Sequence[URIRef]) -> dict[URIRef, list[ox.Triple]]:
+        """What a rule constructs for each of the cases ``iris`` now, in one query (their graphs
+        must hold the support: :meth:`add_support`); the cases it constructs nothing for are left out."""
+        if not iris:
+            return {}
+        if not self._pending_cases.isdisjoint(iris):
+            self._write()
+        by_this = {self._this[iri]: iri for iri in iris}
+        solutions = self.store.query(rule.query, named_graphs=[self.graph[iri] for iri in iris])
+        return {by_this[this]: new for this, new in rule.constructed(solutions).items()}  # type: ignore[arg-type]
+
+    def _write(self) -> None:
+        self.store.extend(self._pending)
+        self._pending, self._pending_cases = [], set()
 
     def close(self) -> None:
         self._pending, self._pending_cases = [], set()
@@ -422,3 +456,208 @@ def _only_triples(graph: Any) -> list[tuple[Any, Any, Any]] | None:
     if len(flat) % 3:
         return None
     return [tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)]  # type: ignore[misc]
+
+
+# -- one query per rule for a whole batch ---------------------------------------------------
+
+#: The graph variable and the marker of the batched form of a rule (see :func:`batched_rule`).
+BATCH_GRAPH_VAR = "esi_rule_graph"
+#: A quad ``<marker> <marker> case`` in each case graph of a batch names the graph's case.
+RULE_CASE_MARKER = ox.NamedNode("urn:esi-kg:rule-case")
+_TRIPLE_QUOTED = r"'''(?:[^'\\]|\\.|'(?!''))*'''|\"\"\"(?:[^\"\\]|\\.|\"(?!\"\"))*\"\"\""
+_SPARQL_TOKEN = re.compile("|".join((
+    r"(?P<ws>\s+|#[^\n\r]*)",
+    rf"(?P<str>{_TRIPLE_QUOTED}|'(?:[^'\\\n\r]|\\.)*'|\"(?:[^\"\\\n\r]|\\.)*\")",
+    r"(?P<iri><[^<>\"{}|^`\\\x00-\x20]*>)",
+    r"(?P<var>[?$][A-Za-z0-9_\u00B7-\uFFFF]+)",
+    r"(?P<word>[A-Za-z_][A-Za-z0-9_\-.:]*|:[A-Za-z0-9_\-.:]*)",  # keywords and prefixed names
+    r"(?P<open>\{)|(?P<close>\})",
+    r"(?P<other>.)",
+)), re.S)
+#: Words that make a rule's WHERE read other graphs, or whose meaning changes with $this a
+#: variable joined in rather than a constant (MINUS: a shared variable decides what it removes).
+_NOT_BATCHED = {"graph", "service", "from", "named", "minus"}
+_TemplateTerm = ox.NamedNode | ox.BlankNode | ox.Literal | ox.Variable
+
+
+@dataclass(frozen=True)
+class BatchedRule:
+    """A rule as one SELECT over a batch's case graphs, and its CONSTRUCT template.
+
+    Each case graph of the batch also holds the rule support and a quad naming its case; the
+    query's ``GRAPH ?g { <marker> <marker> ?this . <the rule's WHERE, inline> }`` evaluates the
+    rule's WHERE once per graph, with ``$this`` bound to the graph's case before anything else
+    of the group is evaluated (one query over the union of the graphs instead would let a
+    pattern not tied to ``$this`` match another case's facts, and was 7x slower as VALUES rows
+    over all of them, measured). The rule's CONSTRUCT template is then instantiated here."""
+
+    query: str
+    template: tuple[tuple[_TemplateTerm, _TemplateTerm, _TemplateTerm], ...]
+
+    def constructed(self, solutions: Iterable[ox.QuerySolution]) -> dict[ox.NamedNode, list[ox.Triple]]:
+        """What the rule constructs for each case (a solution's ``?this``), as CONSTRUCT would:
+        a template blank node is fresh for each solution, a triple with an unbound variable or
+        that is no RDF triple (a literal subject, a predicate that is no IRI) is left out, and
+        each case's triples are a set (kept in the order first constructed)."""
+        out: dict[ox.NamedNode, dict[ox.Triple, None]] = {}
+        for solution in solutions:
+            this = solution[_THIS_VAR]
+            if not isinstance(this, ox.NamedNode):
+                continue
+            mine = out.setdefault(this, {})
+            fresh: dict[ox.BlankNode, ox.BlankNode] = {}
+            for pattern in self.template:
+                s, p, o = (_instance(term, solution, fresh) for term in pattern)
+                if (s is None or p is None or o is None or isinstance(s, ox.Literal)
+                        or not isinstance(p, ox.NamedNode)):
+                    continue
+                mine[ox.Triple(s, p, o)] = None
+        return {this: list(triples) for this, triples in out.items()}
+
+
+def _instance(term: _TemplateTerm, solution: ox.QuerySolution,
+              fresh: dict[ox.BlankNode, ox.BlankNode]) -> Any:
+    if isinstance(term, ox.Variable):
+        return solution[term]
+    if isinstance(term, ox.BlankNode):
+        if (node := fresh.get(term)) is None:
+            node = fresh[term] = ox.BlankNode()
+        return node
+    return term
+
+
+def _tokens(text: str) -> list[tuple[str, str, int, int]] | None:
+    """The tokens of a SPARQL text as (kind, text, start, end), whitespace and comments left
+    out; None where the text has what the lexer does not know (an unclosed string)."""
+    out = []
+    for m in _SPARQL_TOKEN.finditer(text):
+        kind = m.lastgroup or "other"
+        if kind == "ws":
+            continue
+        if kind == "other" and m.group() in "'\"":
+            return None
+        out.append((kind, m.group(), m.start(), m.end()))
+    return out
+
+
+def _closing(tokens: list[tuple[str, str, int, int]], i: int) -> int | None:
+    """The index of the ``}`` that closes the ``{`` at ``i``."""
+    depth = 0
+    for j in range(i, len(tokens)):
+        if tokens[j][0] == "open":
+            depth += 1
+        elif tokens[j][0] == "close":
+            depth -= 1
+            if depth == 0:
+                return j
+    return None
+
+
+@lru_cache(maxsize=256)
+def batched_rule(query: str) -> BatchedRule | None:
+    """A rule's batched form (see :class:`BatchedRule`), or None when it cannot be sure to be
+    exactly the rule run on each case with ``$this`` bound: a WHERE that names graphs,
+    services or MINUS, anything after the WHERE (solution modifiers), the ``CONSTRUCT WHERE``
+    short form, a variable of the reserved name, or a ``$this`` that the rewrite leaves
+    unbound where the rule reads it — the groups it is bound in are the WHERE's own and
+    (NOT) EXISTS groups directly in it (the EXISTS pattern is given the solution's ``$this``),
+    not an OPTIONAL, UNION, nested group or sub-query, which are evaluated before the join.
+    The caller also keeps per case a rule with no pattern of its own binding ``$this``: the
+    per-case run leaves it unbound in places where this form binds it (see
+    :class:`~kgservice.reasoning.Reasoner`).
+
+    >>> rule = batched_rule('''PREFIX ex: <http://example.org/>
+    ... CONSTRUCT { $this ex:flagged ?v } WHERE { $this ex:score ?v FILTER NOT EXISTS { $this ex:ok "}#" } }''')
+    >>> print(rule.query[rule.query.index("SELECT"):])
+    SELECT * WHERE { GRAPH ?esi_rule_graph { <urn:esi-kg:rule-case> <urn:esi-kg:rule-case> ?this .
+    $this ex:score ?v FILTER NOT EXISTS { $this ex:ok "}#" }
+    } }
+    >>> batched_rule("CONSTRUCT { $this <urn:p> ?x } WHERE { OPTIONAL { $this <urn:q> ?x } }") is None
+    True
+    """
+    tokens = _tokens(query)
+    if tokens is None or RULE_CASE_MARKER.value in query:
+        return None
+    start = next((i for i, t in enumerate(tokens) if t[0] == "word" and t[1].lower() == "construct"), None)
+    if start is None or start + 1 >= len(tokens) or tokens[start + 1][0] != "open":
+        return None  # no CONSTRUCT, or its WHERE short form
+    if not all(kind == "iri" or (kind == "word" and (text.lower() in ("prefix", "base") or text.endswith(":")))
+               for kind, text, _, _ in tokens[:start]):
+        return None
+    end_template = _closing(tokens, start + 1)
+    if end_template is None:
+        return None
+    where = end_template + 1
+    if where < len(tokens) and tokens[where][0] == "word" and tokens[where][1].lower() == "where":
+        where += 1
+    if where >= len(tokens) or tokens[where][0] != "open":
+        return None
+    end = _closing(tokens, where)
+    if end is None or end != len(tokens) - 1:
+        return None
+    if not _binds_this_everywhere(tokens[where:end + 1]):
+        return None
+    template = _template(query[:tokens[start][2]], query[tokens[start + 1][2]:tokens[end_template][3]])
+    if template is None:
+        return None
+    body = query[tokens[where][3]:tokens[end][2]].strip()  # on lines of its own: it may end in a comment
+    marker = f"<{RULE_CASE_MARKER.value}>"
+    text = (f"{query[:tokens[start][2]]}SELECT * WHERE {{ GRAPH ?{BATCH_GRAPH_VAR} {{ {marker} {marker} ?this .\n"
+            f"{body}\n}} }}")
+    try:  # a text Oxigraph cannot read (a lexer mistake) is no batched rule
+        ox.Store().query(text)
+    except (SyntaxError, ValueError, OSError):
+        return None
+    return BatchedRule(text, template)
+
+
+def _binds_this_everywhere(group: list[tuple[str, str, int, int]]) -> bool:
+    """Whether every ``$this`` of a WHERE group is where its batched form binds it (see
+    :func:`batched_rule`), and the group has none of the words that keep a rule per case."""
+    stack: list[str] = []  # the kind of each group open here: where, exists, other, values
+    values = False
+    for i, (kind, text, _, _) in enumerate(group):
+        if kind == "word":
+            word = text.lower()
+            if word in _NOT_BATCHED:
+                return False
+            values = values or word == "values"
+        elif kind == "var" and text[1:] == BATCH_GRAPH_VAR:
+            return False
+        elif kind == "var" and text[1:] == "this":
+            if len(stack) > 1 and stack[1] != "exists":
+                return False
+        elif kind == "open":
+            before = group[i - 1][1].lower() if i else ""
+            if values:
+                stack.append("values")
+                values = False
+            elif not stack:
+                stack.append("where")
+            else:
+                stack.append("exists" if before == "exists" else "other")
+        elif kind == "close":
+            if not stack:
+                return False
+            stack.pop()
+    return not stack
+
+
+def _template(prologue: str, template: str) -> tuple[tuple[_TemplateTerm, _TemplateTerm, _TemplateTerm], ...] | None:
+    """The triples of a CONSTRUCT template as Oxigraph reads them: the template is constructed
+    once with each variable bound to an IRI standing for it (rdflib's parse would normalise
+    literals, ``01`` to ``1``, which Oxigraph keeps as written)."""
+    tokens = _tokens(template)
+    if tokens is None:
+        return None
+    names = sorted({text[1:] for kind, text, _, _ in tokens if kind == "var"})
+    stand_in = {ox.NamedNode(f"urn:esi-kg:template-variable:{name}"): ox.Variable(name) for name in names}
+    row = " ".join(f"<{iri.value}>" for iri in stand_in)
+    where = f"VALUES ({' '.join('?' + n for n in names)}) {{ ({row}) }}" if names else ""
+    try:
+        triples = list(constructed(ox.Store().query(f"{prologue}CONSTRUCT {template} WHERE {{ {where} }}")))
+    except (SyntaxError, ValueError, OSError):
+        return None
+    # each template blank node is one blank node of this one solution: a new one per solution later
+    return tuple((stand_in.get(t.subject, t.subject), stand_in.get(t.predicate, t.predicate),  # type: ignore[misc]
+                  stand_in.get(t.object, t.object)) for t in triples)
