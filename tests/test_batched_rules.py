@@ -92,6 +92,7 @@ def test_base_and_prefixes_before_the_rule_are_kept() -> None:
     rule("$this ex:score ?x . ?esi_rule_graph ex:p ?x"),
     rule("$this ex:score ?x MINUS { $this ex:flag ?x }"),
     rule("OPTIONAL { $this ex:score ?x }"),
+    rule("$this ex:score ?x FILTER NOT EXISTS { ?x ex:p ?y OPTIONAL { $this ex:flag ?y } }"),
     rule("{ $this ex:score ?x } UNION { $this ex:other ?x }"),
     rule("{ BIND (STR($this) AS ?x) }"),
     rule("{ SELECT ?x WHERE { $this ex:score ?x } }"),

@@ -625,7 +625,7 @@ def _binds_this_everywhere(group: list[tuple[str, str, int, int]]) -> bool:
         elif kind == "var" and text[1:] == BATCH_GRAPH_VAR:
             return False
         elif kind == "var" and text[1:] == "this":
-            if len(stack) > 1 and stack[1] != "exists":
+            if any(open_kind != "exists" for open_kind in stack[1:]):  # an OPTIONAL in an EXISTS too
                 return False
         elif kind == "open":
             before = group[i - 1][1].lower() if i else ""
