@@ -44,19 +44,21 @@ from .errors import QueryError
 MAX_NESTING = 64
 
 _ESCAPE = r"""\\[tbnrf"'\\]|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}"""
-_STRINGS = (
+#: The grammar's opaque tokens (a string literal, longest opening first; an IRI) and a variable,
+#: also what :mod:`kgservice.core.caserules` reads a rule's text with.
+STRINGS = _STRINGS = (
     ('"""', re.compile(rf'"""(?:[^"\\]|{_ESCAPE}|"(?!""))*"""')),
     ("'''", re.compile(rf"'''(?:[^'\\]|{_ESCAPE}|'(?!''))*'''")),
     ('"', re.compile(rf'"(?:[^"\\\n\r]|{_ESCAPE})*"')),
     ("'", re.compile(rf"'(?:[^'\\\n\r]|{_ESCAPE})*'")),
 )
-_IRI = re.compile(r"<(?:[^<>\"{}|^`\\\x00-\x20]|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8})*>")
+IRI = _IRI = re.compile(r"<(?:[^<>\"{}|^`\\\x00-\x20]|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8})*>")
 _COMMENT_END = re.compile(r"[\r\n]")
 # Name characters, broader than the grammar's (a name the engine ends sooner is checked whole
 # all the same), with the grammar's \-escapes of a prefixed name's local part.
 _NAME_CHARS = r"\w.:%\-\u00b7\u0300-\u036f\u203f\u2040"
 _RUN = re.compile(rf"(?:[{_NAME_CHARS}]|\\[^\s])[{_NAME_CHARS}]*+(?:\\[^\s][{_NAME_CHARS}]*+)*+")  # no backtracking
-_VAR = re.compile(r"[?$][\w\u00b7\u0300-\u036f\u203f\u2040]+")
+VAR = _VAR = re.compile(r"[?$][\w\u00b7\u0300-\u036f\u203f\u2040]+")
 _SERVICE = re.compile("service", re.IGNORECASE)  # Unicode case folding: ſ, K and the like count too
 _FROM = re.compile("from", re.IGNORECASE)
 _PUNCTUATION = frozenset("{}()[],;|^/!=<>*+-&~?@")

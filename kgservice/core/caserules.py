@@ -47,6 +47,7 @@ from rdflib import RDF, URIRef, Variable
 from rdflib.paths import AlternativePath, InvPath, MulPath, OneOrMore, SequencePath
 from rdflib.term import Node
 
+from .. import querytext
 from ..files import write_atomically
 from .ontology import SparqlRule
 from .terms import Triple, constructed, from_ox, to_ox
@@ -464,12 +465,12 @@ def _only_triples(graph: Any) -> list[tuple[Any, Any, Any]] | None:
 BATCH_GRAPH_VAR = "esi_rule_graph"
 #: A quad ``<marker> <marker> case`` in each case graph of a batch names the graph's case.
 RULE_CASE_MARKER = ox.NamedNode("urn:esi-kg:rule-case")
-_TRIPLE_QUOTED = r"'''(?:[^'\\]|\\.|'(?!''))*'''|\"\"\"(?:[^\"\\]|\\.|\"(?!\"\"))*\"\"\""
+# Strings, IRIs and variables as the query checker reads them (kgservice/querytext.py).
 _SPARQL_TOKEN = re.compile("|".join((
     r"(?P<ws>\s+|#[^\n\r]*)",
-    rf"(?P<str>{_TRIPLE_QUOTED}|'(?:[^'\\\n\r]|\\.)*'|\"(?:[^\"\\\n\r]|\\.)*\")",
-    r"(?P<iri><[^<>\"{}|^`\\\x00-\x20]*>)",
-    r"(?P<var>[?$][A-Za-z0-9_\u00B7-\uFFFF]+)",
+    f"(?P<str>{'|'.join(pattern.pattern for _, pattern in querytext.STRINGS)})",
+    f"(?P<iri>{querytext.IRI.pattern})",
+    f"(?P<var>{querytext.VAR.pattern})",
     r"(?P<word>[A-Za-z_][A-Za-z0-9_\-.:]*|:[A-Za-z0-9_\-.:]*)",  # keywords and prefixed names
     r"(?P<open>\{)|(?P<close>\})",
     r"(?P<other>.)",
